@@ -1,0 +1,2 @@
+//! crt-core: checkpoint/restore of Linux process forests.
+pub mod cli;

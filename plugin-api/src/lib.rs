@@ -1,0 +1,1 @@
+//! crt-plugin-api
