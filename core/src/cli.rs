@@ -1,8 +1,217 @@
-//! Command-line interface.
+//! The `crt` command line.
+
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::fmt::format::FmtSpan;
+
+use crate::dump::{self, DumpOptions};
+use crate::handlers::Registry;
+use crate::images::ImageDir;
+use crate::restore::{self, RestoreOptions};
+
+/// crt — checkpoint and restore Linux process forests.
+///
+/// `crt dump` freezes one or more process trees and writes everything
+/// needed to bring them back into an image directory; `crt restore`
+/// recreates them with the same pids, memory, registers and files.
+/// Run as root.
+#[derive(Debug, Parser)]
+#[command(name = "crt", version, about, long_about)]
+pub struct Cli {
+    /// More output: -v shows phases with timings, -vv details.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Also write the log to this file (at -vv detail).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// Directory with plugin `.so` files (repeatable; also $CRT_PLUGIN_DIR; default /usr/lib/crt).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub plugin_dir: Vec<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Checkpoint process trees into an image directory.
+    ///
+    /// Every thread of every process under each root is frozen together,
+    /// its state written to DIR, then the processes are killed (or left
+    /// running with --leave-running). On failure the processes keep running
+    /// untouched and no partial image is left behind.
+    Dump {
+        /// Root pid(s) of the trees to dump: --tree 101,202 or --tree 101 --tree 202.
+        #[arg(short, long = "tree", value_name = "PID[,PID...]", value_delimiter = ',', required = true)]
+        tree: Vec<i32>,
+        /// Image directory (created if missing; must not hold an image already).
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        dir: PathBuf,
+        /// Let the processes continue after the dump instead of killing them.
+        #[arg(long)]
+        leave_running: bool,
+    },
+    /// Restore the process trees of an image directory.
+    ///
+    /// The processes come back with their pids, so those pids must be free.
+    /// crt stays their parent and exits with the status of the restored
+    /// root (128+N if killed by signal N), unless --detach is given.
+    Restore {
+        /// Image directory written by `crt dump`.
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        dir: PathBuf,
+        /// Exit as soon as the processes run; they are re-parented to crt's parent's subreaper.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// List the kernel features crt relies on; exits non-zero if a required one is missing.
+    Check,
+    /// Decode an image directory (or one image file of it) to JSON.
+    Show {
+        /// Image directory.
+        dir: PathBuf,
+        /// One image file name in it, e.g. task-1234.img.
+        image: Option<String>,
+    },
+    /// List the resource handlers crt has: built-in and from plugins.
+    Plugins,
+}
 
 /// Entry point of the `crt` binary.
 pub fn main() -> ExitCode {
-    eprintln!("crt: not implemented yet");
-    ExitCode::FAILURE
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(cli.verbose, cli.log_file.as_deref()) {
+        eprintln!("crt: cannot open log file: {e}");
+        return ExitCode::from(2);
+    }
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            print_chain(e.as_ref());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints an error and its causes, one line each.
+fn print_chain(e: &(dyn std::error::Error + 'static)) {
+    eprintln!("crt: error: {e}");
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        eprintln!("  caused by: {c}");
+        cause = c.source();
+    }
+}
+
+fn init_logging(verbose: u8, log_file: Option<&std::path::Path>) -> std::io::Result<()> {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{filter::LevelFilter, fmt};
+    let level = match verbose {
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        2 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    };
+    let stderr = fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_span_events(if verbose > 0 { FmtSpan::CLOSE } else { FmtSpan::NONE })
+        .with_filter(level);
+    let file = match log_file {
+        Some(p) => {
+            let f = std::fs::File::create(p)?;
+            Some(
+                fmt::layer()
+                    .with_writer(std::sync::Mutex::new(f))
+                    .with_ansi(false)
+                    .with_span_events(FmtSpan::CLOSE)
+                    .with_filter(LevelFilter::DEBUG.max(level)),
+            )
+        }
+        None => None,
+    };
+    tracing_subscriber::registry().with(stderr).with(file).init();
+    Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`crt show | head`) is not an error.
+fn out(s: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(s.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+fn run(cli: Cli) -> Result<ExitCode, BoxError> {
+    let registry = Registry::builtin();
+    match cli.command {
+        Command::Dump {
+            tree,
+            dir,
+            leave_running,
+        } => {
+            let opts = DumpOptions {
+                roots: tree,
+                dir,
+                leave_running,
+            };
+            let s = dump::dump(&opts, &registry)?;
+            tracing::info!(
+                tasks = s.tasks,
+                freeze = s.freeze,
+                collect = s.collect,
+                pages = s.pages,
+                write = s.write,
+                page_bytes = s.page_bytes,
+                "dump done"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { dir, detach } => {
+            let out = restore::restore(&RestoreOptions { dir, detach }, &registry)?;
+            let s = &out.stats;
+            tracing::info!(
+                tasks = s.tasks,
+                validate = s.validate,
+                create = s.create,
+                map = s.map,
+                fill = s.fill,
+                resume = s.resume,
+                page_bytes = s.page_bytes,
+                "restore done"
+            );
+            Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8))
+        }
+        Command::Check => {
+            let mut missing = false;
+            for f in crate::check::run() {
+                let (mark, detail) = match &f.result {
+                    Ok(d) => ("present", d.clone()),
+                    Err(e) => ("MISSING", e.clone()),
+                };
+                let req = if f.required { "required" } else { "optional" };
+                out(&format!("{:<16} {mark:<8} {req:<8} {} ({detail})\n", f.name, f.purpose))?;
+                missing |= f.required && f.result.is_err();
+            }
+            Ok(if missing { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        Command::Show { dir, image } => {
+            let v = crate::show::show(&ImageDir::new(dir), image.as_deref())?;
+            out(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins => {
+            for name in registry.names() {
+                let version = registry.by_name(&name).map(|h| h.version().into_string()).unwrap_or_default();
+                out(&format!("{name:<16} {version:<10} built-in\n"))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -1,2 +1,18 @@
 //! crt-core: checkpoint/restore of Linux process forests.
+//!
+//! The pipelines live in [`dump`] and [`restore`]; everything they use is
+//! one module per concern (see `docs/internals.md`).
+pub mod check;
 pub mod cli;
+pub mod dump;
+pub mod forest;
+pub mod handlers;
+pub mod images;
+pub mod mem;
+pub mod procfs;
+pub mod ptrace;
+pub mod puppet;
+pub mod puppeteer;
+pub mod restore;
+pub mod show;
+pub mod task_state;

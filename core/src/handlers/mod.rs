@@ -1,0 +1,95 @@
+//! Resource handlers: the registry and crt's built-in handlers.
+//!
+//! Built-in handlers implement the same [`crt_plugin_api::Handler`] trait as
+//! plugins and register themselves with [`inventory::submit!`]; the
+//! [`Registry`] collects them (and, later, loaded plugins) and answers
+//! "who claims this fd / this memory area?".
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::RBox;
+use crt_plugin_api::{FdDesc, Handler, HandlerBox, Handler_TO, VmaDesc};
+
+mod chardev;
+mod filemap;
+mod memory;
+mod regfile;
+
+/// A built-in handler, registered with `inventory::submit!`.
+#[derive(Debug)]
+pub struct Builtin {
+    /// Claim order: lower is asked first.
+    pub priority: u32,
+    /// Constructs the handler.
+    pub make: fn() -> HandlerBox,
+}
+
+inventory::collect!(Builtin);
+
+/// Boxes a handler value into the ABI-stable trait object crt stores.
+pub fn boxed<H: Handler + 'static>(h: H) -> HandlerBox {
+    Handler_TO::from_ptr(RBox::new(h), TD_Opaque)
+}
+
+/// All handlers crt knows, in claim order.
+pub struct Registry {
+    handlers: Vec<HandlerBox>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+impl Registry {
+    /// The built-in handlers.
+    pub fn builtin() -> Self {
+        let mut list: Vec<&Builtin> = inventory::iter::<Builtin>.into_iter().collect();
+        list.sort_by_key(|b| b.priority);
+        Self {
+            handlers: list.into_iter().map(|b| (b.make)()).collect(),
+        }
+    }
+
+    /// Handler names in claim order.
+    pub fn names(&self) -> Vec<String> {
+        self.handlers.iter().map(|h| h.name().into_string()).collect()
+    }
+
+    /// The first handler that claims `fd`.
+    pub fn claim_fd(&self, fd: &FdDesc) -> Option<&HandlerBox> {
+        self.handlers.iter().find(|h| h.claims_fd(fd))
+    }
+
+    /// The first handler that claims `vma`.
+    pub fn claim_vma(&self, vma: &VmaDesc) -> Option<&HandlerBox> {
+        self.handlers.iter().find(|h| h.claims_vma(vma))
+    }
+
+    /// The handler called `name`.
+    pub fn by_name(&self, name: &str) -> Option<&HandlerBox> {
+        self.handlers.iter().find(|h| h.name().as_str() == name)
+    }
+}
+
+/// Version string built-in handlers record.
+pub const BUILTIN_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Opens `path` with `flags` and returns the raw fd (ownership passes to the caller).
+fn open_raw(path: &str, flags: i32) -> Result<i32, String> {
+    let c = std::ffi::CString::new(path).map_err(|_| format!("{path:?}: path contains NUL"))?;
+    // SAFETY: `c` is a valid NUL-terminated string; open has no other preconditions.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0) };
+    if fd < 0 {
+        Err(format!("open {path}: {}", std::io::Error::last_os_error()))
+    } else {
+        Ok(fd)
+    }
+}
+
+/// Flags that must not be replayed when reopening a file.
+const REOPEN_STRIP: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC;
+
+fn is_deleted(link: &str) -> bool {
+    link.ends_with(" (deleted)")
+}

@@ -1,0 +1,79 @@
+//! Built-in handler for regular files opened by path.
+
+use abi_stable::std_types::{RResult, RSlice, RString, RVec};
+use crt_plugin_api::{FdDesc, Handler, TaskRef};
+use prost::Message;
+
+use super::{boxed, is_deleted, open_raw, Builtin, BUILTIN_VERSION, REOPEN_STRIP};
+use crate::images::pb;
+
+/// Regular files: path, open flags, offset; the size is checked at restore.
+pub struct RegFile;
+
+inventory::submit! { Builtin { priority: 100, make: || boxed(RegFile) } }
+
+impl Handler for RegFile {
+    fn name(&self) -> RString {
+        "regfile".into()
+    }
+
+    fn version(&self) -> RString {
+        BUILTIN_VERSION.into()
+    }
+
+    fn claims_fd(&self, fd: &FdDesc) -> bool {
+        fd.file_type() == libc::S_IFREG && fd.link.starts_with('/')
+    }
+
+    fn dump_fd(&self, _task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
+        if is_deleted(&fd.link) {
+            return RResult::RErr(
+                format!(
+                    "{} was deleted (or is a memfd) while open; crt cannot restore deleted files yet",
+                    fd.link
+                )
+                .into(),
+            );
+        }
+        let img = pb::RegFile {
+            path: fd.link.to_string(),
+            flags: fd.flags,
+            pos: fd.pos,
+            mode: fd.mode,
+            size: fd.size,
+            dev: fd.dev,
+            ino: fd.ino,
+            mtime_ns: fd.mtime_ns,
+        };
+        RResult::ROk(img.encode_to_vec().into())
+    }
+
+    fn restore_fd(&self, _task: TaskRef<'_>, _fd: i32, blob: RSlice<'_, u8>) -> RResult<i32, RString> {
+        restore(blob.as_slice()).map_err(RString::from).into()
+    }
+}
+
+fn restore(blob: &[u8]) -> Result<i32, String> {
+    let img = pb::RegFile::decode(blob).map_err(|e| format!("corrupt regfile record: {e}"))?;
+    let fd = open_raw(&img.path, img.flags as i32 & !REOPEN_STRIP)?;
+    // SAFETY: fd was just opened by us and is owned here.
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let meta = std::fs::File::from(owned);
+    let size = meta.metadata().map_err(|e| format!("stat {}: {e}", img.path))?.len() as i64;
+    if size != img.size {
+        return Err(format!(
+            "{}: size is {size} bytes, but was {} at dump time; the file changed since the dump",
+            img.path, img.size
+        ));
+    }
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(meta);
+    // SAFETY: lseek on an fd we own.
+    let off = unsafe { libc::lseek(fd, img.pos, libc::SEEK_SET) };
+    if off != img.pos {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: closing the fd we own on the error path.
+        unsafe { libc::close(fd) };
+        return Err(format!("{}: seek to {}: {e}", img.path, img.pos));
+    }
+    Ok(fd)
+}

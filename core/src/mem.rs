@@ -1,0 +1,333 @@
+//! Memory: which pages to store (`PAGEMAP_SCAN`), reading them out of a
+//! frozen task into a page file, and writing them back into a rebuilt one.
+//!
+//! Pages move in large batches: one `process_vm_readv`/`process_vm_writev`
+//! per chunk of up to [`CHUNK`] bytes and [`MAX_IOV`] runs, through one
+//! reusable buffer, so crt's own memory stays small whatever the task's size.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+use crt_plugin_api::PagePolicy;
+
+use crate::images::PAGE_SIZE;
+
+/// Bytes moved per system call.
+pub const CHUNK: usize = 8 << 20;
+/// Remote iovecs per call (the kernel's `UIO_MAXIOV`).
+const MAX_IOV: usize = 1024;
+
+/// Errors moving pages. Each names the task and address.
+#[derive(Debug, thiserror::Error)]
+pub enum MemError {
+    /// PAGEMAP_SCAN failed.
+    #[error("pid {pid}: scanning pages of {start:#x}-{end:#x}: {source}")]
+    Scan {
+        /// The task.
+        pid: i32,
+        /// Area start.
+        start: u64,
+        /// Area end.
+        end: u64,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Reading task memory failed.
+    #[error("pid {pid}: reading {len} bytes at {addr:#x}: {source}")]
+    Read {
+        /// The task.
+        pid: i32,
+        /// Address.
+        addr: u64,
+        /// Length.
+        len: usize,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Writing task memory failed.
+    #[error("pid {pid}: writing {len} bytes at {addr:#x}: {source}")]
+    Write {
+        /// The task.
+        pid: i32,
+        /// Address.
+        addr: u64,
+        /// Length.
+        len: usize,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Reading or writing the page file failed.
+    #[error("page file: {0}")]
+    File(#[source] io::Error),
+}
+
+/// A run of consecutive stored pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// First address.
+    pub vaddr: u64,
+    /// Number of pages.
+    pub pages: u64,
+}
+
+impl Run {
+    fn bytes(&self) -> usize {
+        (self.pages * PAGE_SIZE) as usize
+    }
+}
+
+// PAGEMAP_SCAN (Linux 6.7+) uapi.
+const PAGE_IS_FILE: u64 = 1 << 2;
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_SWAPPED: u64 = 1 << 4;
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: libc::c_ulong = (3 << 30) | ((size_of::<PmScanArg>() as libc::c_ulong) << 16) | (0x66 << 8) | 16;
+
+/// Finds the pages of `[start, end)` that `policy` says to store, using
+/// `PAGEMAP_SCAN` on the task's open `/proc/PID/pagemap`.
+pub fn scan(pid: i32, pagemap: &File, start: u64, end: u64, policy: PagePolicy) -> Result<Vec<Run>, MemError> {
+    let mut out: Vec<Run> = Vec::new();
+    let (inverted, mask) = match policy {
+        PagePolicy::None => return Ok(out),
+        // Private: anonymous (COW) pages only, never the file's own pages.
+        PagePolicy::Private => (PAGE_IS_FILE, PAGE_IS_FILE),
+        PagePolicy::All => (0, 0),
+    };
+    let mut regions = vec![PageRegion::default(); 512];
+    let mut cursor = start;
+    while cursor < end {
+        let mut arg = PmScanArg {
+            size: size_of::<PmScanArg>() as u64,
+            start: cursor,
+            end,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: regions.len() as u64,
+            category_inverted: inverted,
+            category_mask: mask,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE,
+            ..Default::default()
+        };
+        // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at
+        // `regions`, which has room for `vec_len` entries and outlives the call.
+        let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg as *mut PmScanArg) };
+        if n < 0 {
+            return Err(MemError::Scan {
+                pid,
+                start,
+                end,
+                source: io::Error::last_os_error(),
+            });
+        }
+        for r in &regions[..n as usize] {
+            let pages = (r.end - r.start) / PAGE_SIZE;
+            match out.last_mut() {
+                Some(last) if last.vaddr + last.pages * PAGE_SIZE == r.start => last.pages += pages,
+                _ => out.push(Run { vaddr: r.start, pages }),
+            }
+        }
+        if arg.walk_end <= cursor {
+            break;
+        }
+        cursor = arg.walk_end;
+    }
+    Ok(out)
+}
+
+/// Splits runs into batches of at most [`CHUNK`] bytes and [`MAX_IOV`] pieces.
+fn batches(runs: &[Run]) -> impl Iterator<Item = Vec<(u64, usize)>> + '_ {
+    let mut pieces = runs.iter().flat_map(|r| {
+        let total = r.bytes();
+        (0..total).step_by(CHUNK).map(move |off| (r.vaddr + off as u64, (total - off).min(CHUNK)))
+    });
+    let mut pending: Option<(u64, usize)> = None;
+    std::iter::from_fn(move || {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        loop {
+            let Some((addr, len)) = pending.take().or_else(|| pieces.next()) else {
+                break;
+            };
+            if batch.len() == MAX_IOV || bytes == CHUNK {
+                pending = Some((addr, len));
+                break;
+            }
+            let take = len.min(CHUNK - bytes);
+            batch.push((addr, take));
+            bytes += take;
+            if take < len {
+                pending = Some((addr + take as u64, len - take));
+            }
+        }
+        (!batch.is_empty()).then_some(batch)
+    })
+}
+
+fn remote_iovs(batch: &[(u64, usize)]) -> Vec<libc::iovec> {
+    batch
+        .iter()
+        .map(|&(addr, len)| libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: len,
+        })
+        .collect()
+}
+
+/// Copies the pages of `runs` out of task `pid` and appends them to `out`.
+/// Returns the number of bytes written.
+pub fn dump_pages(pid: i32, runs: &[Run], out: &mut File) -> Result<u64, MemError> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut mem: Option<File> = None;
+    let mut written = 0u64;
+    for batch in batches(runs) {
+        let total: usize = batch.iter().map(|b| b.1).sum();
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: total,
+        };
+        let remote = remote_iovs(&batch);
+        // SAFETY: `local` covers the first `total` bytes of `buf` (CHUNK long,
+        // owned here); remote iovecs are only interpreted in the other task.
+        let n = unsafe { libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0) };
+        if n != total as isize {
+            // Some pages are not readable by the task itself (PROT_NONE,
+            // write-only): go through /proc/PID/mem, which may force access.
+            let m = match &mem {
+                Some(m) => m,
+                None => mem.insert(File::open(format!("/proc/{pid}/mem")).map_err(|source| MemError::Read {
+                    pid,
+                    addr: batch[0].0,
+                    len: total,
+                    source,
+                })?),
+            };
+            let mut off = 0;
+            for &(addr, len) in &batch {
+                m.read_exact_at(&mut buf[off..off + len], addr)
+                    .map_err(|source| MemError::Read { pid, addr, len, source })?;
+                off += len;
+            }
+        }
+        out.write_all(&buf[..total]).map_err(MemError::File)?;
+        written += total as u64;
+    }
+    Ok(written)
+}
+
+/// Writes the pages of `runs` from `pages` (starting at byte `file_off`)
+/// into task `pid`. `writable(addr)` says whether the task's own mapping at
+/// `addr` is writable; other pages go through `/proc/PID/mem`.
+pub fn fill_pages(
+    pid: i32,
+    runs: &[Run],
+    pages: &File,
+    mut file_off: u64,
+    writable: impl Fn(u64) -> bool,
+) -> Result<u64, MemError> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut mem: Option<File> = None;
+    let mut filled = 0u64;
+    for batch in batches(runs) {
+        let total: usize = batch.iter().map(|b| b.1).sum();
+        pages
+            .read_exact_at(&mut buf[..total], file_off)
+            .map_err(MemError::File)?;
+        file_off += total as u64;
+        let direct = batch.iter().all(|&(addr, _)| writable(addr));
+        let mut ok = false;
+        if direct {
+            let local = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: total,
+            };
+            let remote = remote_iovs(&batch);
+            // SAFETY: `local` covers `total` initialized bytes of `buf`, only
+            // read by the kernel; remote iovecs address the other task.
+            let n = unsafe { libc::process_vm_writev(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0) };
+            ok = n == total as isize;
+        }
+        if !ok {
+            let m = match &mem {
+                Some(m) => m,
+                None => mem.insert(
+                    File::options()
+                        .read(true)
+                        .write(true)
+                        .open(format!("/proc/{pid}/mem"))
+                        .map_err(|source| MemError::Write {
+                            pid,
+                            addr: batch[0].0,
+                            len: total,
+                            source,
+                        })?,
+                ),
+            };
+            let mut off = 0;
+            for &(addr, len) in &batch {
+                m.write_all_at(&buf[off..off + len], addr)
+                    .map_err(|source| MemError::Write { pid, addr, len, source })?;
+                off += len;
+            }
+        }
+        filled += total as u64;
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_limits() {
+        let runs = [
+            Run { vaddr: 0x1000, pages: 1 },
+            Run {
+                vaddr: 0x10_0000,
+                pages: (CHUNK as u64 / PAGE_SIZE) + 3,
+            },
+        ];
+        let all: Vec<_> = batches(&runs).collect();
+        let bytes: usize = all.iter().flatten().map(|b| b.1).sum();
+        assert_eq!(bytes as u64, (runs[0].pages + runs[1].pages) * PAGE_SIZE);
+        assert!(all.iter().all(|b| b.iter().map(|p| p.1).sum::<usize>() <= CHUNK));
+        assert_eq!(all[0][0], (0x1000, 4096));
+        assert_eq!(all[0][1].0, 0x10_0000);
+    }
+
+    #[test]
+    fn batches_cap_iovecs() {
+        let runs: Vec<Run> = (0..3000).map(|i| Run { vaddr: i * 0x2000, pages: 1 }).collect();
+        let all: Vec<_> = batches(&runs).collect();
+        assert!(all.iter().all(|b| b.len() <= MAX_IOV));
+        assert_eq!(all.iter().map(Vec::len).sum::<usize>(), 3000);
+    }
+}

@@ -1,0 +1,357 @@
+//! The restore pipeline: validate → create → rebuild → resume → wait.
+//!
+//! crt has no restorer blob: each task is rebuilt *from outside* by the
+//! puppeteer ([`crate::puppeteer`]), with ptrace and injected syscalls. On
+//! any failure every task created so far is killed and the images are
+//! left untouched.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tracing::{info, info_span, warn};
+
+use crate::dump::{fingerprint, VDSO_NAMES};
+use crate::handlers::Registry;
+use crate::images::{pb, ImageDir, ImageError, FORMAT_VERSION};
+use crate::mem::MemError;
+use crate::procfs::{self, ProcError};
+use crate::ptrace::{self, PtraceError, Stop};
+use crate::puppet::{self, PuppetError};
+use crate::puppeteer::{self, Loaded};
+
+/// What to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Image directory.
+    pub dir: PathBuf,
+    /// Exit once the tasks run, instead of waiting for them.
+    pub detach: bool,
+}
+
+/// Figures from one restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreStats {
+    /// Seconds validating and reading images.
+    pub validate: f64,
+    /// Seconds creating tasks.
+    pub create: f64,
+    /// Seconds mapping memory areas (and everything but pages).
+    pub map: f64,
+    /// Seconds filling pages.
+    pub fill: f64,
+    /// Seconds setting registers and releasing tasks.
+    pub resume: f64,
+    /// Bytes of pages written.
+    pub page_bytes: u64,
+    /// Processes restored.
+    pub tasks: usize,
+}
+
+/// Errors of the restore pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// An image is unreadable or inconsistent.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The images cannot be restored on this machine.
+    #[error("{0}")]
+    Incompatible(String),
+    /// A handler the image needs is not available.
+    #[error("the image needs handler {name} {version}, which this crt does not have; install the plugin that provides it (see `crt plugins`)")]
+    MissingHandler {
+        /// Handler name.
+        name: String,
+        /// Version that wrote the image.
+        version: String,
+    },
+    /// A pid the image needs is taken.
+    #[error("pid {pid} is in use by {comm:?} (state {state}); stop that process or restore elsewhere")]
+    PidBusy {
+        /// The pid.
+        pid: i32,
+        /// Who has it.
+        comm: String,
+        /// Its state letter.
+        state: char,
+    },
+    /// clone3 failed.
+    #[error("pid {pid}: creating the task with clone3(set_tid): {source}")]
+    Clone {
+        /// The pid.
+        pid: i32,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A step of rebuilding a task failed.
+    #[error("pid {pid}: {step}")]
+    Step {
+        /// The task.
+        pid: i32,
+        /// The step.
+        step: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A handler failed.
+    #[error("pid {pid} {what}: handler {handler}: {msg}")]
+    Handler {
+        /// The task.
+        pid: i32,
+        /// Which resource.
+        what: String,
+        /// The handler.
+        handler: String,
+        /// Its message.
+        msg: String,
+    },
+    /// ptrace failed.
+    #[error(transparent)]
+    Ptrace(#[from] PtraceError),
+    /// Running code in a task failed.
+    #[error(transparent)]
+    Puppet(#[from] PuppetError),
+    /// Writing pages failed.
+    #[error(transparent)]
+    Mem(#[from] MemError),
+    /// Reading /proc failed.
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+}
+
+impl RestoreError {
+    /// Wraps a cause with the task and step it happened in.
+    pub fn step(pid: i32, step: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Step {
+            pid,
+            step: step.into(),
+            source: Box::new(e),
+        }
+    }
+}
+
+/// The result of a restore: figures, and the exit status to report.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Timings.
+    pub stats: RestoreStats,
+    /// The restored roots' exit status (0 with `--detach`).
+    pub exit_code: i32,
+}
+
+/// Restores the forest in `opts.dir`.
+pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, RestoreError> {
+    let mut stats = RestoreStats::default();
+    let dir = ImageDir::new(&opts.dir);
+
+    // 1. Validate.
+    let t = Instant::now();
+    let (inventory, tasks) = {
+        let _s = info_span!("validate").entered();
+        validate(&dir, registry)?
+    };
+    stats.validate = t.elapsed().as_secs_f64();
+
+    // 2-4. Create, rebuild; kill everything created on failure.
+    let mut created = Created::default();
+    let result = build_all(&dir, registry, &tasks, &mut created, &mut stats);
+    if let Err(e) = result {
+        created.kill_all();
+        return Err(e);
+    }
+
+    // 5. Resume all together.
+    let t = Instant::now();
+    {
+        let _s = info_span!("resume").entered();
+        for pid in &created.pids {
+            if let Err(e) = ptrace::detach(*pid, 0) {
+                created.kill_all();
+                return Err(e.into());
+            }
+        }
+    }
+    stats.resume = t.elapsed().as_secs_f64();
+    stats.tasks = tasks.len();
+    info!(tasks = stats.tasks, "forest resumed");
+    let roots = inventory.roots.clone();
+    created.pids.clear();
+
+    // 6. Wait (unless detached).
+    let exit_code = if opts.detach { 0 } else { wait_roots(&roots) };
+    Ok(Outcome { stats, exit_code })
+}
+
+fn build_all(
+    dir: &ImageDir,
+    registry: &Registry,
+    tasks: &[Loaded],
+    created: &mut Created,
+    stats: &mut RestoreStats,
+) -> Result<(), RestoreError> {
+    let own_block = own_vdso_block()?;
+    for loaded in tasks {
+        let pid = loaded.task.pid;
+        let _span = info_span!("task", pid).entered();
+        let t = Instant::now();
+        wait_pid_free(pid)?;
+        let child = puppeteer::fork_stopped(pid)?;
+        created.pids.push(child);
+        stats.create += t.elapsed().as_secs_f64();
+        puppeteer::rebuild(dir, registry, loaded, &own_block, stats)?;
+    }
+    Ok(())
+}
+
+/// Reads and checks everything before any task is created.
+fn validate(dir: &ImageDir, registry: &Registry) -> Result<(pb::Inventory, Vec<Loaded>), RestoreError> {
+    if !dir.path().is_dir() {
+        return Err(RestoreError::Incompatible(format!(
+            "{}: no such image directory",
+            dir.path().display()
+        )));
+    }
+    let inv = dir.read_inventory()?;
+    if inv.format_version != FORMAT_VERSION {
+        return Err(RestoreError::Incompatible(format!(
+            "{}: image format version {}, this crt reads {FORMAT_VERSION}",
+            dir.inventory_path().display(),
+            inv.format_version
+        )));
+    }
+    let kernel = procfs::kernel_release();
+    if inv.kernel_release != kernel {
+        return Err(RestoreError::Incompatible(format!(
+            "the image was dumped on kernel {}, this is {kernel}; crt reuses the kernel's vdso and restores only on the same kernel",
+            inv.kernel_release
+        )));
+    }
+    let own = own_vdso_block()?;
+    let mut text = vec![0u8; (own[2].end - own[2].start) as usize];
+    puppet::read_mem(std::process::id() as i32, own[2].start, &mut text)?;
+    if !inv.vdso_build_id.is_empty() && inv.vdso_build_id != fingerprint(&text) {
+        return Err(RestoreError::Incompatible(format!(
+            "the vdso of this kernel ({}) differs from the image's ({})",
+            fingerprint(&text),
+            inv.vdso_build_id
+        )));
+    }
+    for p in &inv.plugins {
+        let h = registry.by_name(&p.name).ok_or_else(|| RestoreError::MissingHandler {
+            name: p.name.clone(),
+            version: p.version.clone(),
+        })?;
+        let have = h.version().into_string();
+        if major(&have) != major(&p.version) {
+            return Err(RestoreError::Incompatible(format!(
+                "handler {} is version {have}, the image was written by version {}",
+                p.name, p.version
+            )));
+        }
+    }
+    if inv.tasks.is_empty() || inv.roots.is_empty() {
+        return Err(ImageError::Invalid {
+            path: dir.inventory_path(),
+            what: "lists no tasks".into(),
+        }
+        .into());
+    }
+    let mut tasks = Vec::new();
+    for &pid in &inv.tasks {
+        let task = dir.read_task(pid)?;
+        let pagemap = dir.read_pagemap(pid)?;
+        let pages = dir.open_pages(pid, pagemap.total_pages)?;
+        puppeteer::check_task(dir, &task, &own)?;
+        tasks.push(Loaded { task, pagemap, pages });
+    }
+    Ok((inv, tasks))
+}
+
+fn major(v: &str) -> &str {
+    v.split('.').next().unwrap_or(v)
+}
+
+/// crt's own `[vvar]`, `[vvar_vclock]`, `[vdso]` (the block restore reuses).
+pub fn own_vdso_block() -> Result<Vec<procfs::MapsEntry>, RestoreError> {
+    let maps = procfs::maps(std::process::id() as i32)?;
+    let block: Vec<_> = VDSO_NAMES
+        .iter()
+        .filter_map(|n| maps.iter().find(|m| &m.name == n).cloned())
+        .collect();
+    if block.len() != VDSO_NAMES.len() {
+        return Err(RestoreError::Incompatible(format!(
+            "this kernel's vdso layout is not the one crt knows: found {:?}",
+            block.iter().map(|m| m.name.as_str()).collect::<Vec<_>>()
+        )));
+    }
+    Ok(block)
+}
+
+/// Waits briefly for a zombie holding `pid` to be reaped; errors if the pid is taken.
+fn wait_pid_free(pid: i32) -> Result<(), RestoreError> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let stat = match procfs::stat(pid) {
+            Ok(s) => s,
+            Err(_) => return Ok(()),
+        };
+        if !matches!(stat.state, 'Z' | 'X') || Instant::now() > deadline {
+            return Err(RestoreError::PidBusy {
+                pid,
+                comm: stat.comm,
+                state: stat.state,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Tasks created so far; killed if the restore fails.
+#[derive(Debug, Default)]
+struct Created {
+    pids: Vec<i32>,
+}
+
+impl Created {
+    fn kill_all(&mut self) {
+        for &pid in self.pids.iter().rev() {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            loop {
+                match ptrace::wait(pid) {
+                    Ok(Stop::Exited(_) | Stop::Signaled(_)) | Err(_) => break,
+                    Ok(Stop::Stopped { .. }) => {}
+                }
+            }
+        }
+        self.pids.clear();
+    }
+}
+
+/// Waits for every root; returns the first non-zero status (128+signal for a kill).
+fn wait_roots(roots: &[i32]) -> i32 {
+    let mut code = 0;
+    for &pid in roots {
+        let mut status = 0;
+        loop {
+            // SAFETY: valid out-pointer.
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if r == pid {
+                break;
+            }
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                warn!(pid, "waitpid failed");
+                return 1;
+            }
+        }
+        let this = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            128 + libc::WTERMSIG(status)
+        };
+        if code == 0 {
+            code = this;
+        }
+    }
+    code
+}

@@ -1,0 +1,266 @@
+//! Per-task state that is neither memory nor files: signals, timers,
+//! rlimits, credentials, the mm fields. Read at dump (some of it from
+//! inside the task through injected syscalls) and written back at restore.
+
+use crate::images::pb;
+use crate::procfs::{self, ProcError};
+use crate::puppet::{Puppet, PuppetError};
+
+/// Signals 1..=64.
+pub const NSIG: u32 = 64;
+/// Bytes of a kernel `struct sigaction` on x86_64 (handler, flags, restorer, mask).
+const KSIGACTION_LEN: usize = 32;
+/// `ITIMER_REAL`, `ITIMER_VIRTUAL`, `ITIMER_PROF`.
+const ITIMERS: [u32; 3] = [0, 1, 2];
+/// rlimit resources 0..RLIM_NLIMITS.
+const RLIM_NLIMITS: u32 = 16;
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[off..off + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Reads every signal action from inside the task (injected `rt_sigaction`).
+pub fn read_sigactions(p: &mut Puppet, scratch: u64) -> Result<Vec<pb::SigAction>, PuppetError> {
+    let mut out = Vec::with_capacity(NSIG as usize);
+    for signo in 1..=NSIG {
+        if signo == libc::SIGKILL as u32 || signo == libc::SIGSTOP as u32 {
+            out.push(pb::SigAction {
+                signo,
+                ..Default::default()
+            });
+            continue;
+        }
+        p.call("rt_sigaction", libc::SYS_rt_sigaction, [u64::from(signo), 0, scratch, 8, 0, 0])?;
+        let mut b = [0u8; KSIGACTION_LEN];
+        p.read(scratch, &mut b)?;
+        out.push(pb::SigAction {
+            signo,
+            handler: u64_at(&b, 0),
+            flags: u64_at(&b, 8),
+            restorer: u64_at(&b, 16),
+            mask: u64_at(&b, 24),
+        });
+    }
+    Ok(out)
+}
+
+/// Installs every non-default signal action inside the task.
+pub fn write_sigactions(p: &mut Puppet, scratch: u64, acts: &[pb::SigAction]) -> Result<(), PuppetError> {
+    for a in acts {
+        if a.signo == libc::SIGKILL as u32 || a.signo == libc::SIGSTOP as u32 {
+            continue;
+        }
+        if a.handler == 0 && a.flags == 0 && a.mask == 0 {
+            continue; // SIG_DFL, the state of a fresh task
+        }
+        let mut b = [0u8; KSIGACTION_LEN];
+        b[0..8].copy_from_slice(&a.handler.to_le_bytes());
+        b[8..16].copy_from_slice(&a.flags.to_le_bytes());
+        b[16..24].copy_from_slice(&a.restorer.to_le_bytes());
+        b[24..32].copy_from_slice(&a.mask.to_le_bytes());
+        p.write(scratch, &b)?;
+        p.call("rt_sigaction", libc::SYS_rt_sigaction, [u64::from(a.signo), scratch, 0, 8, 0, 0])?;
+    }
+    Ok(())
+}
+
+/// Reads the three interval timers from inside the task.
+pub fn read_itimers(p: &mut Puppet, scratch: u64) -> Result<Vec<pb::ITimer>, PuppetError> {
+    let mut out = Vec::new();
+    for which in ITIMERS {
+        p.call("getitimer", libc::SYS_getitimer, [u64::from(which), scratch, 0, 0, 0, 0])?;
+        let mut b = [0u8; 32];
+        p.read(scratch, &mut b)?;
+        let us = |off| u64_at(&b, off) * 1_000_000 + u64_at(&b, off + 8);
+        out.push(pb::ITimer {
+            which,
+            interval_us: us(0),
+            value_us: us(16),
+        });
+    }
+    Ok(out)
+}
+
+/// Arms the interval timers that were armed at dump time.
+pub fn write_itimers(p: &mut Puppet, scratch: u64, timers: &[pb::ITimer]) -> Result<(), PuppetError> {
+    for t in timers.iter().filter(|t| t.value_us != 0 || t.interval_us != 0) {
+        let mut b = [0u8; 32];
+        let put = |b: &mut [u8; 32], off: usize, us: u64| {
+            b[off..off + 8].copy_from_slice(&(us / 1_000_000).to_le_bytes());
+            b[off + 8..off + 16].copy_from_slice(&(us % 1_000_000).to_le_bytes());
+        };
+        put(&mut b, 0, t.interval_us);
+        put(&mut b, 16, t.value_us.max(1));
+        p.write(scratch, &b)?;
+        p.call("setitimer", libc::SYS_setitimer, [u64::from(t.which), scratch, 0, 0, 0, 0])?;
+    }
+    Ok(())
+}
+
+/// Reads the rlimits of `pid` from outside.
+pub fn read_rlimits(pid: i32) -> std::io::Result<Vec<pb::Rlimit>> {
+    (0..RLIM_NLIMITS)
+        .map(|resource| {
+            let mut old = libc::rlimit64 {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: a null new-limit and a valid out-pointer for the old one.
+            let r = unsafe { libc::prlimit64(pid, resource, std::ptr::null(), &mut old) };
+            if r != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(pb::Rlimit {
+                resource,
+                cur: old.rlim_cur,
+                max: old.rlim_max,
+            })
+        })
+        .collect()
+}
+
+/// Sets the rlimits of `pid` from outside.
+pub fn write_rlimits(pid: i32, limits: &[pb::Rlimit]) -> std::io::Result<()> {
+    for l in limits {
+        let new = libc::rlimit64 {
+            rlim_cur: l.cur,
+            rlim_max: l.max,
+        };
+        // SAFETY: valid pointer to `new`; null old-limit pointer.
+        let r = unsafe { libc::prlimit64(pid, l.resource, &new, std::ptr::null_mut()) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(std::io::Error::new(e.kind(), format!("rlimit {}: {e}", l.resource)));
+        }
+    }
+    Ok(())
+}
+
+/// The credentials of `pid` from its status file.
+pub fn read_creds(pid: i32) -> Result<pb::Creds, ProcError> {
+    let st = procfs::status(pid)?;
+    Ok(pb::Creds {
+        uids: st.uids,
+        gids: st.gids,
+        groups: st.groups,
+        cap_inh: st.cap_inh,
+        cap_prm: st.cap_prm,
+        cap_eff: st.cap_eff,
+        cap_bnd: st.cap_bnd,
+        cap_amb: st.cap_amb,
+        no_new_privs: st.no_new_privs,
+    })
+}
+
+/// The mm fields: `/proc/PID/stat`, auxv, exe, and `brk` from inside.
+pub fn read_mm(pid: i32, p: &mut Puppet) -> Result<pb::MmState, PuppetError> {
+    let st = procfs::stat(pid)?;
+    let brk = p.call("brk", libc::SYS_brk, [0; 6])?;
+    Ok(pb::MmState {
+        start_code: st.start_code,
+        end_code: st.end_code,
+        start_data: st.start_data,
+        end_data: st.end_data,
+        start_brk: st.start_brk,
+        brk,
+        start_stack: st.start_stack,
+        arg_start: st.arg_start,
+        arg_end: st.arg_end,
+        env_start: st.env_start,
+        env_end: st.env_end,
+        auxv: procfs::auxv(pid)?,
+        exe: procfs::link(pid, "exe")?,
+        ..Default::default()
+    })
+}
+
+/// Bytes of `struct prctl_mm_map`.
+pub const PRCTL_MM_MAP_LEN: usize = 104;
+
+/// Encodes `struct prctl_mm_map` for `PR_SET_MM_MAP`, with the auxv at `auxv_addr`.
+pub fn prctl_mm_map(mm: &pb::MmState, auxv_addr: u64, exe_fd: u32) -> Vec<u8> {
+    let mut b = Vec::with_capacity(PRCTL_MM_MAP_LEN);
+    for v in [
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        auxv_addr,
+    ] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&((mm.auxv.len() * 8) as u32).to_le_bytes());
+    b.extend_from_slice(&exe_fd.to_le_bytes());
+    b
+}
+
+/// Applies `ERESTART*` fix-ups to registers captured inside an interrupted
+/// syscall, so the restored task re-enters it (or `restart_syscall`).
+pub fn restart_fixup(regs: &mut libc::user_regs_struct) {
+    const ERESTARTSYS: i64 = 512;
+    const ERESTARTNOINTR: i64 = 513;
+    const ERESTARTNOHAND: i64 = 514;
+    const ERESTART_RESTARTBLOCK: i64 = 516;
+    if (regs.orig_rax as i64) < 0 {
+        return;
+    }
+    match -(regs.rax as i64) {
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+            regs.rax = regs.orig_rax;
+            regs.rip -= 2;
+        }
+        ERESTART_RESTARTBLOCK => {
+            // The kernel's restart block did not survive; restart_syscall
+            // then returns EINTR, which sleeps handle by retrying.
+            regs.rax = libc::SYS_restart_syscall as u64;
+            regs.rip -= 2;
+        }
+        _ => {}
+    }
+    regs.orig_rax = u64::MAX;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prctl_map_layout() {
+        let mm = pb::MmState {
+            start_code: 1,
+            auxv: vec![0; 4],
+            ..Default::default()
+        };
+        let b = prctl_mm_map(&mm, 0x1000, 7);
+        assert_eq!(b.len(), PRCTL_MM_MAP_LEN);
+        assert_eq!(&b[0..8], &1u64.to_le_bytes());
+        assert_eq!(&b[88..96], &0x1000u64.to_le_bytes());
+        assert_eq!(&b[96..100], &32u32.to_le_bytes());
+        assert_eq!(&b[100..104], &7u32.to_le_bytes());
+    }
+
+    #[test]
+    fn fixup_pause_and_nanosleep() {
+        // SAFETY: plain integers, all-zero is valid.
+        let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+        r.orig_rax = libc::SYS_pause as u64;
+        r.rax = (-514i64) as u64;
+        r.rip = 0x1002;
+        restart_fixup(&mut r);
+        assert_eq!((r.rax, r.rip), (libc::SYS_pause as u64, 0x1000));
+        r.orig_rax = libc::SYS_nanosleep as u64;
+        r.rax = (-516i64) as u64;
+        r.rip = 0x2002;
+        restart_fixup(&mut r);
+        assert_eq!((r.rax, r.rip), (libc::SYS_restart_syscall as u64, 0x2000));
+    }
+}
