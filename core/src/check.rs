@@ -24,23 +24,78 @@ fn errno() -> String {
 /// Runs every probe.
 pub fn run() -> Vec<Feature> {
     vec![
-        feature("ptrace-seize", true, "freeze tasks without stopping them visibly", probe_seize()),
-        feature("clone3-set-tid", true, "recreate tasks with their pids", probe_set_tid()),
-        feature("pagemap-scan", true, "find present pages fast (PAGEMAP_SCAN)", probe_pagemap_scan()),
-        feature("pidfd-getfd", true, "pass fds into tasks being restored", probe_pidfd_getfd()),
-        feature("prctl-mm-map", true, "restore mm fields and /proc/PID/exe", probe_mm_map()),
-        feature("process-vm", true, "copy pages in and out", probe_process_vm()),
-        feature("vdso-layout", true, "reuse the kernel's vdso at the dumped address", probe_vdso()),
-        feature("rseq-config", true, "restore rseq registrations", probe_rseq()),
+        feature(
+            "ptrace-seize",
+            true,
+            "freeze tasks without stopping them visibly",
+            probe_seize(),
+        ),
+        feature(
+            "clone3-set-tid",
+            true,
+            "recreate tasks with their pids",
+            probe_set_tid(),
+        ),
+        feature(
+            "pagemap-scan",
+            true,
+            "find present pages fast (PAGEMAP_SCAN)",
+            probe_pagemap_scan(),
+        ),
+        feature(
+            "pidfd-getfd",
+            true,
+            "pass fds into tasks being restored",
+            probe_pidfd_getfd(),
+        ),
+        feature(
+            "prctl-mm-map",
+            true,
+            "restore mm fields and /proc/PID/exe",
+            probe_mm_map(),
+        ),
+        feature(
+            "process-vm",
+            true,
+            "copy pages in and out",
+            probe_process_vm(),
+        ),
+        feature(
+            "vdso-layout",
+            true,
+            "reuse the kernel's vdso at the dumped address",
+            probe_vdso(),
+        ),
+        feature(
+            "rseq-config",
+            true,
+            "restore rseq registrations",
+            probe_rseq(),
+        ),
         feature("kcmp", false, "find shared file descriptions", probe_kcmp()),
-        feature("unix-diag", false, "find unix socket peers", probe_unix_diag()),
+        feature(
+            "unix-diag",
+            false,
+            "find unix socket peers",
+            probe_unix_diag(),
+        ),
         feature("aio", false, "AIO rings (plugin)", probe_aio()),
-        feature("userfaultfd", false, "dirty-page tracking, lazy restore", probe_uffd()),
+        feature(
+            "userfaultfd",
+            false,
+            "dirty-page tracking, lazy restore",
+            probe_uffd(),
+        ),
         feature("kvm", false, "KVM device plugin", probe_kvm()),
     ]
 }
 
-fn feature(name: &'static str, required: bool, purpose: &'static str, result: Result<String, String>) -> Feature {
+fn feature(
+    name: &'static str,
+    required: bool,
+    purpose: &'static str,
+    result: Result<String, String>,
+) -> Feature {
     Feature {
         name,
         required,
@@ -64,11 +119,10 @@ fn sleeper() -> Result<libc::pid_t, String> {
 }
 
 fn reap(pid: libc::pid_t) {
-    // SAFETY: plain syscalls on our own child.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
-    }
+    // SAFETY: kill has no memory preconditions.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // SAFETY: a null status pointer is allowed.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL) };
 }
 
 fn with_seized<T>(f: impl FnOnce(i32) -> Result<T, String>) -> Result<T, String> {
@@ -120,9 +174,15 @@ fn probe_pagemap_scan() -> Result<String, String> {
     let f = std::fs::File::open("/proc/self/pagemap").map_err(|e| e.to_string())?;
     let v = [1u8; 4096];
     let addr = v.as_ptr() as u64 & !4095;
-    crate::mem::scan(std::process::id() as i32, &f, addr, addr + 4096, crt_plugin_api::PagePolicy::All)
-        .map(|r| format!("{} run(s)", r.len()))
-        .map_err(|e| e.to_string())
+    crate::mem::scan(
+        std::process::id() as i32,
+        &f,
+        addr,
+        addr + 4096,
+        crt_plugin_api::PagePolicy::All,
+    )
+    .map(|r| format!("{} run(s)", r.len()))
+    .map_err(|e| e.to_string())
 }
 
 fn probe_pidfd_getfd() -> Result<String, String> {
@@ -133,26 +193,40 @@ fn probe_pidfd_getfd() -> Result<String, String> {
     }
     // SAFETY: as above.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, 0, 0) };
-    let r = if fd < 0 { Err(format!("pidfd_getfd: {}", errno())) } else { Ok("ok".into()) };
-    // SAFETY: closing fds we own.
-    unsafe {
-        if fd >= 0 {
-            libc::close(fd as i32);
-        }
-        libc::close(pidfd as i32);
+    let r = if fd < 0 {
+        Err(format!("pidfd_getfd: {}", errno()))
+    } else {
+        Ok("ok".into())
+    };
+    if fd >= 0 {
+        // SAFETY: closing an fd we own.
+        unsafe { libc::close(fd as i32) };
     }
+    // SAFETY: closing an fd we own.
+    unsafe { libc::close(pidfd as i32) };
     r
 }
 
 fn probe_mm_map() -> Result<String, String> {
     let mut size: u32 = 0;
     // SAFETY: PR_SET_MM_MAP_SIZE writes one u32 to the pointer we pass.
-    let r = unsafe { libc::prctl(libc::PR_SET_MM, libc::PR_SET_MM_MAP_SIZE, &mut size as *mut u32, 0, 0) };
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_MM,
+            libc::PR_SET_MM_MAP_SIZE,
+            &mut size as *mut u32,
+            0,
+            0,
+        )
+    };
     if r != 0 {
         return Err(format!("prctl(PR_SET_MM_MAP_SIZE): {}", errno()));
     }
     if size as usize != crate::task_state::PRCTL_MM_MAP_LEN {
-        return Err(format!("struct prctl_mm_map is {size} bytes, crt knows {}", crate::task_state::PRCTL_MM_MAP_LEN));
+        return Err(format!(
+            "struct prctl_mm_map is {size} bytes, crt knows {}",
+            crate::task_state::PRCTL_MM_MAP_LEN
+        ));
     }
     Ok(format!("prctl_mm_map {size} bytes"))
 }
@@ -160,7 +234,8 @@ fn probe_mm_map() -> Result<String, String> {
 fn probe_process_vm() -> Result<String, String> {
     let src = [7u8; 64];
     let mut dst = [0u8; 64];
-    crate::puppet::read_mem(std::process::id() as i32, src.as_ptr() as u64, &mut dst).map_err(|e| e.to_string())?;
+    crate::puppet::read_mem(std::process::id() as i32, src.as_ptr() as u64, &mut dst)
+        .map_err(|e| e.to_string())?;
     if src == dst {
         Ok("ok".into())
     } else {
@@ -194,7 +269,13 @@ fn probe_kcmp() -> Result<String, String> {
 fn probe_unix_diag() -> Result<String, String> {
     const NETLINK_SOCK_DIAG: i32 = 4;
     // SAFETY: socket takes integers only.
-    let s = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
+    let s = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
     if s < 0 {
         return Err(format!("netlink socket: {}", errno()));
     }
@@ -207,13 +288,13 @@ fn probe_unix_diag() -> Result<String, String> {
     req[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
     req[32..36].copy_from_slice(&1u32.to_le_bytes()); // UDIAG_SHOW_NAME
     let mut buf = [0u8; 8192];
-    // SAFETY: valid buffers of the given lengths.
-    let r = unsafe {
-        if libc::send(s, req.as_ptr().cast(), req.len(), 0) < 0 {
-            -1
-        } else {
-            libc::recv(s, buf.as_mut_ptr().cast(), buf.len(), 0)
-        }
+    // SAFETY: `req` is a valid buffer of the given length.
+    let sent = unsafe { libc::send(s, req.as_ptr().cast(), req.len(), 0) };
+    let r = if sent < 0 {
+        -1
+    } else {
+        // SAFETY: `buf` is a valid writable buffer of the given length.
+        unsafe { libc::recv(s, buf.as_mut_ptr().cast(), buf.len(), 0) }
     };
     let e = errno();
     // SAFETY: closing our socket.

@@ -45,7 +45,13 @@ pub enum Command {
     /// untouched and no partial image is left behind.
     Dump {
         /// Root pid(s) of the trees to dump: --tree 101,202 or --tree 101 --tree 202.
-        #[arg(short, long = "tree", value_name = "PID[,PID...]", value_delimiter = ',', required = true)]
+        #[arg(
+            short,
+            long = "tree",
+            value_name = "PID[,PID...]",
+            value_delimiter = ',',
+            required = true
+        )]
         tree: Vec<i32>,
         /// Image directory (created if missing; must not hold an image already).
         #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
@@ -118,7 +124,11 @@ fn init_logging(verbose: u8, log_file: Option<&std::path::Path>) -> std::io::Res
     let stderr = fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_span_events(if verbose > 0 { FmtSpan::CLOSE } else { FmtSpan::NONE })
+        .with_span_events(if verbose > 0 {
+            FmtSpan::CLOSE
+        } else {
+            FmtSpan::NONE
+        })
         .with_filter(level);
     let file = match log_file {
         Some(p) => {
@@ -133,7 +143,10 @@ fn init_logging(verbose: u8, log_file: Option<&std::path::Path>) -> std::io::Res
         }
         None => None,
     };
-    tracing_subscriber::registry().with(stderr).with(file).init();
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .init();
     Ok(())
 }
 
@@ -196,10 +209,17 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                     Err(e) => ("MISSING", e.clone()),
                 };
                 let req = if f.required { "required" } else { "optional" };
-                out(&format!("{:<16} {mark:<8} {req:<8} {} ({detail})\n", f.name, f.purpose))?;
+                out(&format!(
+                    "{:<16} {mark:<8} {req:<8} {} ({detail})\n",
+                    f.name, f.purpose
+                ))?;
                 missing |= f.required && f.result.is_err();
             }
-            Ok(if missing { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if missing {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Show { dir, image } => {
             let v = crate::show::show(&ImageDir::new(dir), image.as_deref())?;
@@ -208,7 +228,10 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
         }
         Command::Plugins => {
             for name in registry.names() {
-                let version = registry.by_name(&name).map(|h| h.version().into_string()).unwrap_or_default();
+                let version = registry
+                    .by_name(&name)
+                    .map(|h| h.version().into_string())
+                    .unwrap_or_default();
                 out(&format!("{name:<16} {version:<10} built-in\n"))?;
             }
             Ok(ExitCode::SUCCESS)

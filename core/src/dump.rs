@@ -166,12 +166,24 @@ fn run(opts: &DumpOptions, registry: &Registry, out: &mut Output) -> Result<Dump
         Frozen::freeze(&mut forest)?
     };
     stats.freeze = t.elapsed().as_secs_f64();
-    info!(tasks = forest.procs.len(), secs = stats.freeze, "froze the forest");
+    info!(
+        tasks = forest.procs.len(),
+        secs = stats.freeze,
+        "froze the forest"
+    );
     check_supported(&forest, &frozen)?;
 
     // 3-6 under the frozen forest; undo on any error.
     let mut sessions: Vec<Session> = Vec::new();
-    let result = collect_and_write(opts, registry, out, &forest, &frozen, &mut sessions, &mut stats);
+    let result = collect_and_write(
+        opts,
+        registry,
+        out,
+        &forest,
+        &frozen,
+        &mut sessions,
+        &mut stats,
+    );
     match result {
         Ok(()) => {
             // 7. Finish.
@@ -217,7 +229,10 @@ fn check_supported(forest: &Forest, frozen: &Frozen) -> Result<(), DumpError> {
         if !p.children.is_empty() {
             return Err(DumpError::Unsupported {
                 pid: p.pid,
-                what: format!("has child processes {:?}; process trees are not supported yet", p.children),
+                what: format!(
+                    "has child processes {:?}; process trees are not supported yet",
+                    p.children
+                ),
             });
         }
     }
@@ -253,9 +268,11 @@ impl Session {
         }
         let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        let addr = self
-            .puppet
-            .call("mmap", libc::SYS_mmap, [0, SCRATCH_LEN, prot, flags, u64::MAX, 0])?;
+        let addr = self.puppet.call(
+            "mmap",
+            libc::SYS_mmap,
+            [0, SCRATCH_LEN, prot, flags, u64::MAX, 0],
+        )?;
         self.scratch = Some(addr);
         Ok(addr)
     }
@@ -267,7 +284,10 @@ impl Session {
         }
         self.undone = true;
         if let Some(addr) = self.scratch.take() {
-            if let Err(e) = self.puppet.call("munmap", libc::SYS_munmap, [addr, SCRATCH_LEN, 0, 0, 0, 0]) {
+            if let Err(e) =
+                self.puppet
+                    .call("munmap", libc::SYS_munmap, [addr, SCRATCH_LEN, 0, 0, 0, 0])
+            {
                 tracing::warn!(pid = self.pid, "unmapping scratch: {e}");
             }
         }
@@ -285,7 +305,11 @@ impl Session {
 }
 
 /// Queues signals back into the task they were taken from.
-fn requeue(p: &mut Puppet, pid: i32, infos: &[[u8; ptrace::SIGINFO_LEN]]) -> Result<(), PuppetError> {
+fn requeue(
+    p: &mut Puppet,
+    pid: i32,
+    infos: &[[u8; ptrace::SIGINFO_LEN]],
+) -> Result<(), PuppetError> {
     // The siginfo goes on the task's stack, below the red zone.
     let regs = ptrace::get_regs(pid)?;
     let at = (regs.rsp - 128 - ptrace::SIGINFO_LEN as u64) & !15;
@@ -337,9 +361,17 @@ fn collect_and_write(
         if vdso_id.is_empty() {
             vdso_id = vdso_fingerprint(proc_.pid, &task)?;
         }
-        for h in task.vmas.iter().map(|v| &v.handler).chain(task.fds.iter().map(|f| &f.handler)) {
+        for h in task
+            .vmas
+            .iter()
+            .map(|v| &v.handler)
+            .chain(task.fds.iter().map(|f| &f.handler))
+        {
             if !plugins.iter().any(|p| &p.name == h) {
-                let version = registry.by_name(h).map(|x| x.version().into_string()).unwrap_or_default();
+                let version = registry
+                    .by_name(h)
+                    .map(|x| x.version().into_string())
+                    .unwrap_or_default();
                 plugins.push(pb::PluginRef {
                     name: h.clone(),
                     version,
@@ -390,7 +422,11 @@ struct PagePlan {
     policy: PagePolicy,
 }
 
-fn collect_task(p: &Proc, registry: &Registry, s: &mut Session) -> Result<(pb::Task, Vec<PagePlan>), DumpError> {
+fn collect_task(
+    p: &Proc,
+    registry: &Registry,
+    s: &mut Session,
+) -> Result<(pb::Task, Vec<PagePlan>), DumpError> {
     let pid = p.pid;
     // Memory layout first, before crt's scratch mapping exists.
     let maps = procfs::smaps(pid)?;
@@ -429,7 +465,9 @@ fn collect_task(p: &Proc, registry: &Registry, s: &mut Session) -> Result<(pb::T
     };
     // Signals the freeze took off the queue belong to the image too.
     for raw in &s.stashed {
-        task.threads[0].pending.push(pb::SigInfo { raw: raw.to_vec() });
+        task.threads[0]
+            .pending
+            .push(pb::SigInfo { raw: raw.to_vec() });
     }
 
     let mut plans = Vec::new();
@@ -449,18 +487,23 @@ fn collect_task(p: &Proc, registry: &Registry, s: &mut Session) -> Result<(pb::T
                 continue;
             }
             let desc = vma_desc(pid, m);
-            let h = registry.claim_vma(&desc).ok_or_else(|| DumpError::UnclaimedVma {
-                pid,
-                start: m.start,
-                end: m.end,
-                name: m.name.clone(),
-            })?;
-            let d = h.dump_vma(task_ref(&mut s.puppet), &desc).into_result().map_err(|msg| DumpError::Handler {
-                pid,
-                what: format!("memory {:#x}-{:#x} {}", m.start, m.end, m.name),
-                handler: h.name().into_string(),
-                msg: msg.into_string(),
-            })?;
+            let h = registry
+                .claim_vma(&desc)
+                .ok_or_else(|| DumpError::UnclaimedVma {
+                    pid,
+                    start: m.start,
+                    end: m.end,
+                    name: m.name.clone(),
+                })?;
+            let d = h
+                .dump_vma(task_ref(&mut s.puppet), &desc)
+                .into_result()
+                .map_err(|msg| DumpError::Handler {
+                    pid,
+                    what: format!("memory {:#x}-{:#x} {}", m.start, m.end, m.name),
+                    handler: h.name().into_string(),
+                    msg: msg.into_string(),
+                })?;
             let mut rec = vma_record(m);
             rec.handler = h.name().into_string();
             rec.blob = d.blob.into_vec();
@@ -484,18 +527,23 @@ fn collect_task(p: &Proc, registry: &Registry, s: &mut Session) -> Result<(pb::T
         }
         for fd in procfs::fds(pid)? {
             let desc = fd_desc(pid, fd)?;
-            let h = registry.claim_fd(&desc).ok_or_else(|| DumpError::UnclaimedFd {
-                pid,
-                fd,
-                link: desc.link.to_string(),
-                kind: file_kind(desc.mode),
-            })?;
-            let blob = h.dump_fd(task_ref(&mut s.puppet), &desc).into_result().map_err(|msg| DumpError::Handler {
-                pid,
-                what: format!("fd {fd} ({})", desc.link),
-                handler: h.name().into_string(),
-                msg: msg.into_string(),
-            })?;
+            let h = registry
+                .claim_fd(&desc)
+                .ok_or_else(|| DumpError::UnclaimedFd {
+                    pid,
+                    fd,
+                    link: desc.link.to_string(),
+                    kind: file_kind(desc.mode),
+                })?;
+            let blob = h
+                .dump_fd(task_ref(&mut s.puppet), &desc)
+                .into_result()
+                .map_err(|msg| DumpError::Handler {
+                    pid,
+                    what: format!("fd {fd} ({})", desc.link),
+                    handler: h.name().into_string(),
+                    msg: msg.into_string(),
+                })?;
             task.fds.push(pb::Fd {
                 fd,
                 cloexec: desc.flags & libc::O_CLOEXEC as u32 != 0,
@@ -536,7 +584,11 @@ fn collect_thread(tid: i32) -> Result<pb::Thread, DumpError> {
 }
 
 fn vma_record(m: &procfs::MapsEntry) -> pb::Vma {
-    let mut flags = if m.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u32;
+    let mut flags = if m.shared {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_PRIVATE
+    } as u32;
     let vm_flags: Vec<String> = m.vm_flags.split_whitespace().map(String::from).collect();
     if vm_flags.iter().any(|f| f == "gd") {
         flags |= libc::MAP_GROWSDOWN as u32;
@@ -631,7 +683,11 @@ pub fn fingerprint(text: &[u8]) -> String {
     format!("crc32:{:08x}:{}", crc32fast::hash(text), text.len())
 }
 
-fn dump_task_pages(pid: i32, plans: &[PagePlan], out: &mut Output) -> Result<pb::PageMap, DumpError> {
+fn dump_task_pages(
+    pid: i32,
+    plans: &[PagePlan],
+    out: &mut Output,
+) -> Result<pb::PageMap, DumpError> {
     let pagemap_path = format!("/proc/{pid}/pagemap");
     let pagemap = File::open(&pagemap_path).map_err(|source| DumpError::Io {
         pid,
@@ -694,7 +750,12 @@ impl Output {
         })
     }
 
-    fn write<M: prost::Message>(&mut self, path: &Path, kind: Kind, msg: &M) -> Result<(), DumpError> {
+    fn write<M: prost::Message>(
+        &mut self,
+        path: &Path,
+        kind: Kind,
+        msg: &M,
+    ) -> Result<(), DumpError> {
         self.written.push(path.to_path_buf());
         self.written.push(path.with_extension("img.tmp"));
         self.dir.write_msg(path, kind, msg).map_err(Into::into)

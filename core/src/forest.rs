@@ -200,7 +200,11 @@ impl Frozen {
             let roots = forest.roots.clone();
             let mut fresh = Forest::discover(&roots)?;
             std::mem::swap(forest, &mut fresh);
-            if new == 0 && forest.tids().all(|t| frozen.threads.iter().any(|f| f.tid == t)) {
+            if new == 0
+                && forest
+                    .tids()
+                    .all(|t| frozen.threads.iter().any(|f| f.tid == t))
+            {
                 return Ok(frozen);
             }
         }
@@ -219,7 +223,9 @@ impl Frozen {
                     self.threads[idx].stashed.push(info);
                     ptrace::cont(tid, 0)?;
                 }
-                Stop::Exited(_) | Stop::Signaled(_) => return Err(ForestError::Vanished { pid: tid }),
+                Stop::Exited(_) | Stop::Signaled(_) => {
+                    return Err(ForestError::Vanished { pid: tid })
+                }
             }
         }
     }

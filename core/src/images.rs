@@ -183,13 +183,14 @@ impl Header {
             });
         }
         let kind_raw = u32_at(12);
-        let kind = Kind::from_u32(kind_raw)
-            .filter(|k| *k == expected)
-            .ok_or(ImageError::WrongKind {
-                path: path.to_path_buf(),
-                expected,
-                found: kind_raw,
-            })?;
+        let kind =
+            Kind::from_u32(kind_raw)
+                .filter(|k| *k == expected)
+                .ok_or(ImageError::WrongKind {
+                    path: path.to_path_buf(),
+                    expected,
+                    found: kind_raw,
+                })?;
         let mut len = [0u8; 8];
         len.copy_from_slice(&b[16..24]);
         Ok(Self {
@@ -238,7 +239,12 @@ impl ImageDir {
     }
 
     /// Writes one message atomically (temp file + rename).
-    pub fn write_msg<M: Message>(&self, path: &Path, kind: Kind, msg: &M) -> Result<(), ImageError> {
+    pub fn write_msg<M: Message>(
+        &self,
+        path: &Path,
+        kind: Kind,
+        msg: &M,
+    ) -> Result<(), ImageError> {
         let payload = msg.encode_to_vec();
         let header = Header {
             kind,

@@ -6,7 +6,7 @@
 //! reusable buffer, so crt's own memory stays small whatever the task's size.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Write as _};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
@@ -109,11 +109,18 @@ struct PmScanArg {
 }
 
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
-const PAGEMAP_SCAN: libc::c_ulong = (3 << 30) | ((size_of::<PmScanArg>() as libc::c_ulong) << 16) | (0x66 << 8) | 16;
+const PAGEMAP_SCAN: libc::c_ulong =
+    (3 << 30) | ((size_of::<PmScanArg>() as libc::c_ulong) << 16) | (0x66 << 8) | 16;
 
 /// Finds the pages of `[start, end)` that `policy` says to store, using
 /// `PAGEMAP_SCAN` on the task's open `/proc/PID/pagemap`.
-pub fn scan(pid: i32, pagemap: &File, start: u64, end: u64, policy: PagePolicy) -> Result<Vec<Run>, MemError> {
+pub fn scan(
+    pid: i32,
+    pagemap: &File,
+    start: u64,
+    end: u64,
+    policy: PagePolicy,
+) -> Result<Vec<Run>, MemError> {
     let mut out: Vec<Run> = Vec::new();
     let (inverted, mask) = match policy {
         PagePolicy::None => return Ok(out),
@@ -138,7 +145,13 @@ pub fn scan(pid: i32, pagemap: &File, start: u64, end: u64, policy: PagePolicy) 
         };
         // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at
         // `regions`, which has room for `vec_len` entries and outlives the call.
-        let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg as *mut PmScanArg) };
+        let n = unsafe {
+            libc::ioctl(
+                pagemap.as_raw_fd(),
+                PAGEMAP_SCAN,
+                &mut arg as *mut PmScanArg,
+            )
+        };
         if n < 0 {
             return Err(MemError::Scan {
                 pid,
@@ -151,7 +164,10 @@ pub fn scan(pid: i32, pagemap: &File, start: u64, end: u64, policy: PagePolicy) 
             let pages = (r.end - r.start) / PAGE_SIZE;
             match out.last_mut() {
                 Some(last) if last.vaddr + last.pages * PAGE_SIZE == r.start => last.pages += pages,
-                _ => out.push(Run { vaddr: r.start, pages }),
+                _ => out.push(Run {
+                    vaddr: r.start,
+                    pages,
+                }),
             }
         }
         if arg.walk_end <= cursor {
@@ -166,16 +182,15 @@ pub fn scan(pid: i32, pagemap: &File, start: u64, end: u64, policy: PagePolicy) 
 fn batches(runs: &[Run]) -> impl Iterator<Item = Vec<(u64, usize)>> + '_ {
     let mut pieces = runs.iter().flat_map(|r| {
         let total = r.bytes();
-        (0..total).step_by(CHUNK).map(move |off| (r.vaddr + off as u64, (total - off).min(CHUNK)))
+        (0..total)
+            .step_by(CHUNK)
+            .map(move |off| (r.vaddr + off as u64, (total - off).min(CHUNK)))
     });
     let mut pending: Option<(u64, usize)> = None;
     std::iter::from_fn(move || {
         let mut batch = Vec::new();
         let mut bytes = 0;
-        loop {
-            let Some((addr, len)) = pending.take().or_else(|| pieces.next()) else {
-                break;
-            };
+        while let Some((addr, len)) = pending.take().or_else(|| pieces.next()) {
             if batch.len() == MAX_IOV || bytes == CHUNK {
                 pending = Some((addr, len));
                 break;
@@ -201,105 +216,192 @@ fn remote_iovs(batch: &[(u64, usize)]) -> Vec<libc::iovec> {
         .collect()
 }
 
-/// Copies the pages of `runs` out of task `pid` and appends them to `out`.
-/// Returns the number of bytes written.
-pub fn dump_pages(pid: i32, runs: &[Run], out: &mut File) -> Result<u64, MemError> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut mem: Option<File> = None;
-    let mut written = 0u64;
-    for batch in batches(runs) {
-        let total: usize = batch.iter().map(|b| b.1).sum();
-        let local = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: total,
-        };
-        let remote = remote_iovs(&batch);
-        // SAFETY: `local` covers the first `total` bytes of `buf` (CHUNK long,
-        // owned here); remote iovecs are only interpreted in the other task.
-        let n = unsafe { libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0) };
-        if n != total as isize {
-            // Some pages are not readable by the task itself (PROT_NONE,
-            // write-only): go through /proc/PID/mem, which may force access.
-            let m = match &mem {
-                Some(m) => m,
-                None => mem.insert(File::open(format!("/proc/{pid}/mem")).map_err(|source| MemError::Read {
-                    pid,
-                    addr: batch[0].0,
-                    len: total,
-                    source,
-                })?),
-            };
-            let mut off = 0;
-            for &(addr, len) in &batch {
-                m.read_exact_at(&mut buf[off..off + len], addr)
-                    .map_err(|source| MemError::Read { pid, addr, len, source })?;
-                off += len;
+/// Buffers in flight between the two threads of a page copy.
+const BUFFERS: usize = 3;
+
+/// Runs `produce` on this thread and `consume` on a helper thread, passing
+/// filled buffers of up to [`CHUNK`] bytes between them and recycling them,
+/// so copying out of one side overlaps with writing into the other.
+fn pipeline<E: Send>(
+    produce: impl FnMut(&mut [u8], &[(u64, usize)]) -> Result<(), E>,
+    consume: impl FnMut(&[u8], &[(u64, usize)]) -> Result<(), E> + Send,
+    runs: &[Run],
+) -> Result<u64, E> {
+    let mut produce = produce;
+    let mut consume = consume;
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, Vec<(u64, usize)>)>(BUFFERS);
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..BUFFERS {
+        let _ = free_tx.send(vec![0u8; CHUNK]);
+    }
+    std::thread::scope(|scope| {
+        let consumer = scope.spawn(move || -> Result<(), E> {
+            for (buf, batch) in full_rx {
+                let total: usize = batch.iter().map(|b| b.1).sum();
+                consume(&buf[..total], &batch)?;
+                if free_tx.send(buf).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        let mut moved = 0u64;
+        let mut result = Ok(());
+        for batch in batches(runs) {
+            let Ok(mut buf) = free_rx.recv() else { break };
+            let total: usize = batch.iter().map(|b| b.1).sum();
+            if let Err(e) = produce(&mut buf[..total], &batch) {
+                result = Err(e);
+                break;
+            }
+            moved += total as u64;
+            if full_tx.send((buf, batch)).is_err() {
+                break;
             }
         }
-        out.write_all(&buf[..total]).map_err(MemError::File)?;
-        written += total as u64;
+        drop(full_tx);
+        let consumed = consumer.join().unwrap_or(Ok(()));
+        result.and(consumed).map(|()| moved)
+    })
+}
+
+/// Reads `batch` out of task `pid` into `buf` with one `process_vm_readv`,
+/// falling back to `/proc/PID/mem` for pages the task cannot read itself.
+fn read_batch(
+    pid: i32,
+    mem: &mut Option<File>,
+    buf: &mut [u8],
+    batch: &[(u64, usize)],
+) -> Result<(), MemError> {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = remote_iovs(batch);
+    // SAFETY: `local` covers `buf`, which we own mutably for the call;
+    // remote iovecs are only interpreted in the other task.
+    let n =
+        unsafe { libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0) };
+    if n == buf.len() as isize {
+        return Ok(());
     }
-    Ok(written)
+    // PROT_NONE or write-only pages: /proc/PID/mem may force access.
+    let m =
+        match mem {
+            Some(m) => m,
+            None => mem.insert(File::open(format!("/proc/{pid}/mem")).map_err(|source| {
+                MemError::Read {
+                    pid,
+                    addr: batch[0].0,
+                    len: buf.len(),
+                    source,
+                }
+            })?),
+        };
+    let mut off = 0;
+    for &(addr, len) in batch {
+        m.read_exact_at(&mut buf[off..off + len], addr)
+            .map_err(|source| MemError::Read {
+                pid,
+                addr,
+                len,
+                source,
+            })?;
+        off += len;
+    }
+    Ok(())
+}
+
+/// Writes `buf` into task `pid` at `batch`: `process_vm_writev` when every
+/// piece is writable by the task, else `/proc/PID/mem`.
+fn write_batch(
+    pid: i32,
+    mem: &mut Option<File>,
+    buf: &[u8],
+    batch: &[(u64, usize)],
+    direct: bool,
+) -> Result<(), MemError> {
+    if direct {
+        let local = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        let remote = remote_iovs(batch);
+        // SAFETY: `local` covers `buf`, only read by the kernel; remote
+        // iovecs address the other task.
+        let n = unsafe {
+            libc::process_vm_writev(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0)
+        };
+        if n == buf.len() as isize {
+            return Ok(());
+        }
+    }
+    let m = match mem {
+        Some(m) => m,
+        None => mem.insert(
+            File::options()
+                .read(true)
+                .write(true)
+                .open(format!("/proc/{pid}/mem"))
+                .map_err(|source| MemError::Write {
+                    pid,
+                    addr: batch[0].0,
+                    len: buf.len(),
+                    source,
+                })?,
+        ),
+    };
+    let mut off = 0;
+    for &(addr, len) in batch {
+        m.write_all_at(&buf[off..off + len], addr)
+            .map_err(|source| MemError::Write {
+                pid,
+                addr,
+                len,
+                source,
+            })?;
+        off += len;
+    }
+    Ok(())
+}
+
+/// Copies the pages of `runs` out of task `pid` and appends them to `out`.
+/// Reading the task and writing the file overlap on two threads.
+/// Returns the number of bytes written.
+pub fn dump_pages(pid: i32, runs: &[Run], out: &mut File) -> Result<u64, MemError> {
+    let mut mem = None;
+    pipeline(
+        |buf, batch| read_batch(pid, &mut mem, buf, batch),
+        |buf, _| out.write_all(buf).map_err(MemError::File),
+        runs,
+    )
 }
 
 /// Writes the pages of `runs` from `pages` (starting at byte `file_off`)
 /// into task `pid`. `writable(addr)` says whether the task's own mapping at
-/// `addr` is writable; other pages go through `/proc/PID/mem`.
+/// `addr` is writable; other pages go through `/proc/PID/mem`. Reading the
+/// file and writing the task overlap on two threads.
 pub fn fill_pages(
     pid: i32,
     runs: &[Run],
     pages: &File,
-    mut file_off: u64,
-    writable: impl Fn(u64) -> bool,
+    file_off: u64,
+    writable: impl Fn(u64) -> bool + Sync,
 ) -> Result<u64, MemError> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut mem: Option<File> = None;
-    let mut filled = 0u64;
-    for batch in batches(runs) {
-        let total: usize = batch.iter().map(|b| b.1).sum();
-        pages
-            .read_exact_at(&mut buf[..total], file_off)
-            .map_err(MemError::File)?;
-        file_off += total as u64;
-        let direct = batch.iter().all(|&(addr, _)| writable(addr));
-        let mut ok = false;
-        if direct {
-            let local = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: total,
-            };
-            let remote = remote_iovs(&batch);
-            // SAFETY: `local` covers `total` initialized bytes of `buf`, only
-            // read by the kernel; remote iovecs address the other task.
-            let n = unsafe { libc::process_vm_writev(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0) };
-            ok = n == total as isize;
-        }
-        if !ok {
-            let m = match &mem {
-                Some(m) => m,
-                None => mem.insert(
-                    File::options()
-                        .read(true)
-                        .write(true)
-                        .open(format!("/proc/{pid}/mem"))
-                        .map_err(|source| MemError::Write {
-                            pid,
-                            addr: batch[0].0,
-                            len: total,
-                            source,
-                        })?,
-                ),
-            };
-            let mut off = 0;
-            for &(addr, len) in &batch {
-                m.write_all_at(&buf[off..off + len], addr)
-                    .map_err(|source| MemError::Write { pid, addr, len, source })?;
-                off += len;
-            }
-        }
-        filled += total as u64;
-    }
-    Ok(filled)
+    let mut off = file_off;
+    let mut mem = None;
+    pipeline(
+        |buf, _| {
+            pages.read_exact_at(buf, off).map_err(MemError::File)?;
+            off += buf.len() as u64;
+            Ok(())
+        },
+        |buf, batch| {
+            let direct = batch.iter().all(|&(addr, _)| writable(addr));
+            write_batch(pid, &mut mem, buf, batch, direct)
+        },
+        runs,
+    )
 }
 
 #[cfg(test)]
@@ -309,7 +411,10 @@ mod tests {
     #[test]
     fn batches_respect_limits() {
         let runs = [
-            Run { vaddr: 0x1000, pages: 1 },
+            Run {
+                vaddr: 0x1000,
+                pages: 1,
+            },
             Run {
                 vaddr: 0x10_0000,
                 pages: (CHUNK as u64 / PAGE_SIZE) + 3,
@@ -318,14 +423,21 @@ mod tests {
         let all: Vec<_> = batches(&runs).collect();
         let bytes: usize = all.iter().flatten().map(|b| b.1).sum();
         assert_eq!(bytes as u64, (runs[0].pages + runs[1].pages) * PAGE_SIZE);
-        assert!(all.iter().all(|b| b.iter().map(|p| p.1).sum::<usize>() <= CHUNK));
+        assert!(all
+            .iter()
+            .all(|b| b.iter().map(|p| p.1).sum::<usize>() <= CHUNK));
         assert_eq!(all[0][0], (0x1000, 4096));
         assert_eq!(all[0][1].0, 0x10_0000);
     }
 
     #[test]
     fn batches_cap_iovecs() {
-        let runs: Vec<Run> = (0..3000).map(|i| Run { vaddr: i * 0x2000, pages: 1 }).collect();
+        let runs: Vec<Run> = (0..3000)
+            .map(|i| Run {
+                vaddr: i * 0x2000,
+                pages: 1,
+            })
+            .collect();
         let all: Vec<_> = batches(&runs).collect();
         assert!(all.iter().all(|b| b.len() <= MAX_IOV));
         assert_eq!(all.iter().map(Vec::len).sum::<usize>(), 3000);

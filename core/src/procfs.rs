@@ -89,7 +89,11 @@ pub fn stat_at(path: String) -> Result<Stat, ProcError> {
     let f: Vec<&str> = s[close + 1..].split_whitespace().collect();
     let num = |i: usize| -> Result<u64, ProcError> {
         f.get(i)
-            .and_then(|v| v.parse::<u64>().ok().or_else(|| v.parse::<i64>().ok().map(|x| x as u64)))
+            .and_then(|v| {
+                v.parse::<u64>()
+                    .ok()
+                    .or_else(|| v.parse::<i64>().ok().map(|x| x as u64))
+            })
             .ok_or_else(|| parse_err(&path, format!("field {}", i + 3)))
     };
     Ok(Stat {
@@ -151,10 +155,16 @@ pub fn status(pid: i32) -> Result<Status, ProcError> {
             continue;
         };
         let val = val.trim();
-        let nums = || -> Vec<u32> { val.split_whitespace().filter_map(|v| v.parse().ok()).collect() };
+        let nums = || -> Vec<u32> {
+            val.split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        };
         let hex = || u64::from_str_radix(val, 16).unwrap_or(0);
         match key {
-            "Umask" => st.umask = u32::from_str_radix(val, 8).map_err(|_| parse_err(&path, "Umask"))?,
+            "Umask" => {
+                st.umask = u32::from_str_radix(val, 8).map_err(|_| parse_err(&path, "Umask"))?
+            }
             "Uid" => st.uids = nums(),
             "Gid" => st.gids = nums(),
             "Groups" => st.groups = nums(),
@@ -206,7 +216,12 @@ pub fn children(pid: i32) -> Result<Vec<i32>, ProcError> {
         match fs::read_to_string(&path) {
             Ok(s) => out.extend(s.split_whitespace().filter_map(|v| v.parse::<i32>().ok())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(ProcError::Io { path: path.into(), source }),
+            Err(source) => {
+                return Err(ProcError::Io {
+                    path: path.into(),
+                    source,
+                })
+            }
         }
     }
     out.sort_unstable();
@@ -237,7 +252,9 @@ pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo, ProcError> {
         let v = v.trim();
         match k {
             "pos" => info.pos = v.parse().map_err(|_| parse_err(&path, "pos"))?,
-            "flags" => info.flags = u32::from_str_radix(v, 8).map_err(|_| parse_err(&path, "flags"))?,
+            "flags" => {
+                info.flags = u32::from_str_radix(v, 8).map_err(|_| parse_err(&path, "flags"))?
+            }
             "mnt_id" => info.mnt_id = v.parse().unwrap_or(0),
             _ => {}
         }
@@ -283,7 +300,10 @@ pub fn smaps(pid: i32) -> Result<Vec<MapsEntry>, ProcError> {
         // A header line starts with "start-end ".
         let first = line.split(' ').next().unwrap_or("");
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            out.push(parse_maps_line(line).ok_or_else(|| parse_err(&path, format!("maps line {line:?}")))?);
+            out.push(
+                parse_maps_line(line)
+                    .ok_or_else(|| parse_err(&path, format!("maps line {line:?}")))?,
+            );
         }
     }
     Ok(out)
@@ -315,7 +335,10 @@ fn parse_maps_line(line: &str) -> Option<MapsEntry> {
         prot,
         shared: perms.get(3) == Some(&b's'),
         pgoff: u64::from_str_radix(off, 16).ok()?,
-        dev: libc::makedev(u32::from_str_radix(maj, 16).ok()?, u32::from_str_radix(min, 16).ok()?),
+        dev: libc::makedev(
+            u32::from_str_radix(maj, 16).ok()?,
+            u32::from_str_radix(min, 16).ok()?,
+        ),
         ino: ino.parse().ok()?,
         name,
         vm_flags: String::new(),

@@ -52,7 +52,12 @@ pub fn seize(tid: i32, options: libc::c_int) -> Result<()> {
     check(
         "SEIZE",
         tid,
-        raw(libc::PTRACE_SEIZE, tid, std::ptr::null_mut(), options as usize as *mut c_void),
+        raw(
+            libc::PTRACE_SEIZE,
+            tid,
+            std::ptr::null_mut(),
+            options as usize as *mut c_void,
+        ),
     )
     .map(drop)
 }
@@ -62,7 +67,12 @@ pub fn interrupt(tid: i32) -> Result<()> {
     check(
         "INTERRUPT",
         tid,
-        raw(libc::PTRACE_INTERRUPT, tid, std::ptr::null_mut(), std::ptr::null_mut()),
+        raw(
+            libc::PTRACE_INTERRUPT,
+            tid,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        ),
     )
     .map(drop)
 }
@@ -72,7 +82,12 @@ pub fn set_options(tid: i32, options: libc::c_int) -> Result<()> {
     check(
         "SETOPTIONS",
         tid,
-        raw(libc::PTRACE_SETOPTIONS, tid, std::ptr::null_mut(), options as usize as *mut c_void),
+        raw(
+            libc::PTRACE_SETOPTIONS,
+            tid,
+            std::ptr::null_mut(),
+            options as usize as *mut c_void,
+        ),
     )
     .map(drop)
 }
@@ -82,7 +97,12 @@ pub fn detach(tid: i32, sig: i32) -> Result<()> {
     check(
         "DETACH",
         tid,
-        raw(libc::PTRACE_DETACH, tid, std::ptr::null_mut(), sig as usize as *mut c_void),
+        raw(
+            libc::PTRACE_DETACH,
+            tid,
+            std::ptr::null_mut(),
+            sig as usize as *mut c_void,
+        ),
     )
     .map(drop)
 }
@@ -92,7 +112,12 @@ pub fn cont(tid: i32, sig: i32) -> Result<()> {
     check(
         "CONT",
         tid,
-        raw(libc::PTRACE_CONT, tid, std::ptr::null_mut(), sig as usize as *mut c_void),
+        raw(
+            libc::PTRACE_CONT,
+            tid,
+            std::ptr::null_mut(),
+            sig as usize as *mut c_void,
+        ),
     )
     .map(drop)
 }
@@ -102,7 +127,12 @@ pub fn singlestep(tid: i32) -> Result<()> {
     check(
         "SINGLESTEP",
         tid,
-        raw(libc::PTRACE_SINGLESTEP, tid, std::ptr::null_mut(), std::ptr::null_mut()),
+        raw(
+            libc::PTRACE_SINGLESTEP,
+            tid,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        ),
     )
     .map(drop)
 }
@@ -153,12 +183,27 @@ pub fn wait(tid: i32) -> Result<Stop> {
     })
 }
 
-fn regset(req: libc::c_uint, op: &'static str, tid: i32, kind: libc::c_int, buf: &mut [u8]) -> Result<usize> {
+fn regset(
+    req: libc::c_uint,
+    op: &'static str,
+    tid: i32,
+    kind: libc::c_int,
+    buf: &mut [u8],
+) -> Result<usize> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    check(op, tid, raw(req, tid, kind as usize as *mut c_void, (&mut iov as *mut libc::iovec).cast()))?;
+    check(
+        op,
+        tid,
+        raw(
+            req,
+            tid,
+            kind as usize as *mut c_void,
+            (&mut iov as *mut libc::iovec).cast(),
+        ),
+    )?;
     Ok(iov.iov_len)
 }
 
@@ -168,9 +213,18 @@ pub fn get_regs(tid: i32) -> Result<user_regs_struct> {
     let mut regs: user_regs_struct = unsafe { std::mem::zeroed() };
     // SAFETY: the slice covers exactly `regs`, which outlives the call.
     let buf = unsafe {
-        std::slice::from_raw_parts_mut((&mut regs as *mut user_regs_struct).cast::<u8>(), size_of::<user_regs_struct>())
+        std::slice::from_raw_parts_mut(
+            (&mut regs as *mut user_regs_struct).cast::<u8>(),
+            size_of::<user_regs_struct>(),
+        )
     };
-    regset(libc::PTRACE_GETREGSET, "GETREGSET(PRSTATUS)", tid, NT_PRSTATUS, buf)?;
+    regset(
+        libc::PTRACE_GETREGSET,
+        "GETREGSET(PRSTATUS)",
+        tid,
+        NT_PRSTATUS,
+        buf,
+    )?;
     Ok(regs)
 }
 
@@ -179,16 +233,29 @@ pub fn set_regs(tid: i32, regs: &user_regs_struct) -> Result<()> {
     let mut copy = *regs;
     // SAFETY: the slice covers exactly `copy`, which outlives the call.
     let buf = unsafe {
-        std::slice::from_raw_parts_mut((&mut copy as *mut user_regs_struct).cast::<u8>(), size_of::<user_regs_struct>())
+        std::slice::from_raw_parts_mut(
+            (&mut copy as *mut user_regs_struct).cast::<u8>(),
+            size_of::<user_regs_struct>(),
+        )
     };
-    regset(libc::PTRACE_SETREGSET, "SETREGSET(PRSTATUS)", tid, NT_PRSTATUS, buf).map(drop)
+    regset(
+        libc::PTRACE_SETREGSET,
+        "SETREGSET(PRSTATUS)",
+        tid,
+        NT_PRSTATUS,
+        buf,
+    )
+    .map(drop)
 }
 
 /// Registers as bytes, for images.
 pub fn regs_to_bytes(regs: &user_regs_struct) -> Vec<u8> {
     // SAFETY: user_regs_struct is repr(C) plain integers without padding.
     let b = unsafe {
-        std::slice::from_raw_parts((regs as *const user_regs_struct).cast::<u8>(), size_of::<user_regs_struct>())
+        std::slice::from_raw_parts(
+            (regs as *const user_regs_struct).cast::<u8>(),
+            size_of::<user_regs_struct>(),
+        )
     };
     b.to_vec()
 }
@@ -202,7 +269,11 @@ pub fn regs_from_bytes(b: &[u8]) -> Option<user_regs_struct> {
     let mut regs: user_regs_struct = unsafe { std::mem::zeroed() };
     // SAFETY: both regions are exactly size_of::<user_regs_struct>() bytes and do not overlap.
     unsafe {
-        std::ptr::copy_nonoverlapping(b.as_ptr(), (&mut regs as *mut user_regs_struct).cast::<u8>(), b.len());
+        std::ptr::copy_nonoverlapping(
+            b.as_ptr(),
+            (&mut regs as *mut user_regs_struct).cast::<u8>(),
+            b.len(),
+        );
     }
     Some(regs)
 }
@@ -210,7 +281,13 @@ pub fn regs_from_bytes(b: &[u8]) -> Option<user_regs_struct> {
 /// The XSAVE area (`NT_X86_XSTATE`): FPU, SSE, AVX, … state.
 pub fn get_xsave(tid: i32) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; XSAVE_MAX];
-    let n = regset(libc::PTRACE_GETREGSET, "GETREGSET(X86_XSTATE)", tid, NT_X86_XSTATE, &mut buf)?;
+    let n = regset(
+        libc::PTRACE_GETREGSET,
+        "GETREGSET(X86_XSTATE)",
+        tid,
+        NT_X86_XSTATE,
+        &mut buf,
+    )?;
     buf.truncate(n);
     Ok(buf)
 }
@@ -218,7 +295,14 @@ pub fn get_xsave(tid: i32) -> Result<Vec<u8>> {
 /// Sets the XSAVE area.
 pub fn set_xsave(tid: i32, xsave: &[u8]) -> Result<()> {
     let mut copy = xsave.to_vec();
-    regset(libc::PTRACE_SETREGSET, "SETREGSET(X86_XSTATE)", tid, NT_X86_XSTATE, &mut copy).map(drop)
+    regset(
+        libc::PTRACE_SETREGSET,
+        "SETREGSET(X86_XSTATE)",
+        tid,
+        NT_X86_XSTATE,
+        &mut copy,
+    )
+    .map(drop)
 }
 
 /// The blocked-signal mask.
@@ -227,7 +311,12 @@ pub fn get_sigmask(tid: i32) -> Result<u64> {
     check(
         "GETSIGMASK",
         tid,
-        raw(libc::PTRACE_GETSIGMASK, tid, 8usize as *mut c_void, (&mut mask as *mut u64).cast()),
+        raw(
+            libc::PTRACE_GETSIGMASK,
+            tid,
+            8usize as *mut c_void,
+            (&mut mask as *mut u64).cast(),
+        ),
     )?;
     Ok(mask)
 }
@@ -238,7 +327,12 @@ pub fn set_sigmask(tid: i32, mask: u64) -> Result<()> {
     check(
         "SETSIGMASK",
         tid,
-        raw(libc::PTRACE_SETSIGMASK, tid, 8usize as *mut c_void, (&mut m as *mut u64).cast()),
+        raw(
+            libc::PTRACE_SETSIGMASK,
+            tid,
+            8usize as *mut c_void,
+            (&mut m as *mut u64).cast(),
+        ),
     )
     .map(drop)
 }
@@ -287,7 +381,12 @@ pub fn get_siginfo(tid: i32) -> Result<[u8; SIGINFO_LEN]> {
     check(
         "GETSIGINFO",
         tid,
-        raw(libc::PTRACE_GETSIGINFO, tid, std::ptr::null_mut(), buf.as_mut_ptr().cast()),
+        raw(
+            libc::PTRACE_GETSIGINFO,
+            tid,
+            std::ptr::null_mut(),
+            buf.as_mut_ptr().cast(),
+        ),
     )?;
     Ok(buf)
 }

@@ -109,24 +109,26 @@ pub fn read_mem(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
         len: buf.len(),
         source,
     })?;
-    mem.read_exact_at(buf, addr).map_err(|source| PuppetError::Mem {
-        pid,
-        op: "read",
-        addr,
-        len: buf.len(),
-        source,
-    })
+    mem.read_exact_at(buf, addr)
+        .map_err(|source| PuppetError::Mem {
+            pid,
+            op: "read",
+            addr,
+            len: buf.len(),
+            source,
+        })
 }
 
 /// Writes task memory through `/proc/PID/mem` (works on read-only pages).
 pub fn write_mem_force(mem: &File, pid: i32, addr: u64, data: &[u8]) -> Result<()> {
-    mem.write_all_at(data, addr).map_err(|source| PuppetError::Mem {
-        pid,
-        op: "write",
-        addr,
-        len: data.len(),
-        source,
-    })
+    mem.write_all_at(data, addr)
+        .map_err(|source| PuppetError::Mem {
+            pid,
+            op: "write",
+            addr,
+            len: data.len(),
+            source,
+        })
 }
 
 /// Writes task memory with `process_vm_writev` (writable pages only).

@@ -65,7 +65,9 @@ pub enum RestoreError {
         version: String,
     },
     /// A pid the image needs is taken.
-    #[error("pid {pid} is in use by {comm:?} (state {state}); stop that process or restore elsewhere")]
+    #[error(
+        "pid {pid} is in use by {comm:?} (state {state}); stop that process or restore elsewhere"
+    )]
     PidBusy {
         /// The pid.
         pid: i32,
@@ -121,7 +123,11 @@ pub enum RestoreError {
 
 impl RestoreError {
     /// Wraps a cause with the task and step it happened in.
-    pub fn step(pid: i32, step: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub fn step(
+        pid: i32,
+        step: impl Into<String>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         Self::Step {
             pid,
             step: step.into(),
@@ -204,7 +210,10 @@ fn build_all(
 }
 
 /// Reads and checks everything before any task is created.
-fn validate(dir: &ImageDir, registry: &Registry) -> Result<(pb::Inventory, Vec<Loaded>), RestoreError> {
+fn validate(
+    dir: &ImageDir,
+    registry: &Registry,
+) -> Result<(pb::Inventory, Vec<Loaded>), RestoreError> {
     if !dir.path().is_dir() {
         return Err(RestoreError::Incompatible(format!(
             "{}: no such image directory",
@@ -237,10 +246,12 @@ fn validate(dir: &ImageDir, registry: &Registry) -> Result<(pb::Inventory, Vec<L
         )));
     }
     for p in &inv.plugins {
-        let h = registry.by_name(&p.name).ok_or_else(|| RestoreError::MissingHandler {
-            name: p.name.clone(),
-            version: p.version.clone(),
-        })?;
+        let h = registry
+            .by_name(&p.name)
+            .ok_or_else(|| RestoreError::MissingHandler {
+                name: p.name.clone(),
+                version: p.version.clone(),
+            })?;
         let have = h.version().into_string();
         if major(&have) != major(&p.version) {
             return Err(RestoreError::Incompatible(format!(
@@ -262,7 +273,11 @@ fn validate(dir: &ImageDir, registry: &Registry) -> Result<(pb::Inventory, Vec<L
         let pagemap = dir.read_pagemap(pid)?;
         let pages = dir.open_pages(pid, pagemap.total_pages)?;
         puppeteer::check_task(dir, &task, &own)?;
-        tasks.push(Loaded { task, pagemap, pages });
+        tasks.push(Loaded {
+            task,
+            pagemap,
+            pages,
+        });
     }
     Ok((inv, tasks))
 }

@@ -24,7 +24,12 @@ pub fn show(dir: &ImageDir, only: Option<&str>) -> Result<Value, ImageError> {
 
 fn show_one(dir: &ImageDir, name: &str) -> Result<Value, ImageError> {
     let path = dir.path().join(name);
-    let pid = |prefix: &str| -> Option<i32> { name.strip_prefix(prefix)?.strip_suffix(".img")?.parse().ok() };
+    let pid = |prefix: &str| -> Option<i32> {
+        name.strip_prefix(prefix)?
+            .strip_suffix(".img")?
+            .parse()
+            .ok()
+    };
     if name == "inventory.img" {
         return Ok(to_value(&dir.read_inventory()?));
     }
@@ -37,7 +42,9 @@ fn show_one(dir: &ImageDir, name: &str) -> Result<Value, ImageError> {
     if let Some(p) = pid("pages-") {
         let pm = dir.read_pagemap(p)?;
         dir.open_pages(p, pm.total_pages)?;
-        return Ok(json!({ "pages": pm.total_pages, "bytes": pm.total_pages * crate::images::PAGE_SIZE }));
+        return Ok(
+            json!({ "pages": pm.total_pages, "bytes": pm.total_pages * crate::images::PAGE_SIZE }),
+        );
     }
     Err(ImageError::Invalid {
         path,

@@ -32,7 +32,11 @@ pub fn read_sigactions(p: &mut Puppet, scratch: u64) -> Result<Vec<pb::SigAction
             });
             continue;
         }
-        p.call("rt_sigaction", libc::SYS_rt_sigaction, [u64::from(signo), 0, scratch, 8, 0, 0])?;
+        p.call(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [u64::from(signo), 0, scratch, 8, 0, 0],
+        )?;
         let mut b = [0u8; KSIGACTION_LEN];
         p.read(scratch, &mut b)?;
         out.push(pb::SigAction {
@@ -47,7 +51,11 @@ pub fn read_sigactions(p: &mut Puppet, scratch: u64) -> Result<Vec<pb::SigAction
 }
 
 /// Installs every non-default signal action inside the task.
-pub fn write_sigactions(p: &mut Puppet, scratch: u64, acts: &[pb::SigAction]) -> Result<(), PuppetError> {
+pub fn write_sigactions(
+    p: &mut Puppet,
+    scratch: u64,
+    acts: &[pb::SigAction],
+) -> Result<(), PuppetError> {
     for a in acts {
         if a.signo == libc::SIGKILL as u32 || a.signo == libc::SIGSTOP as u32 {
             continue;
@@ -61,7 +69,11 @@ pub fn write_sigactions(p: &mut Puppet, scratch: u64, acts: &[pb::SigAction]) ->
         b[16..24].copy_from_slice(&a.restorer.to_le_bytes());
         b[24..32].copy_from_slice(&a.mask.to_le_bytes());
         p.write(scratch, &b)?;
-        p.call("rt_sigaction", libc::SYS_rt_sigaction, [u64::from(a.signo), scratch, 0, 8, 0, 0])?;
+        p.call(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [u64::from(a.signo), scratch, 0, 8, 0, 0],
+        )?;
     }
     Ok(())
 }
@@ -70,7 +82,11 @@ pub fn write_sigactions(p: &mut Puppet, scratch: u64, acts: &[pb::SigAction]) ->
 pub fn read_itimers(p: &mut Puppet, scratch: u64) -> Result<Vec<pb::ITimer>, PuppetError> {
     let mut out = Vec::new();
     for which in ITIMERS {
-        p.call("getitimer", libc::SYS_getitimer, [u64::from(which), scratch, 0, 0, 0, 0])?;
+        p.call(
+            "getitimer",
+            libc::SYS_getitimer,
+            [u64::from(which), scratch, 0, 0, 0, 0],
+        )?;
         let mut b = [0u8; 32];
         p.read(scratch, &mut b)?;
         let us = |off| u64_at(&b, off) * 1_000_000 + u64_at(&b, off + 8);
@@ -84,8 +100,15 @@ pub fn read_itimers(p: &mut Puppet, scratch: u64) -> Result<Vec<pb::ITimer>, Pup
 }
 
 /// Arms the interval timers that were armed at dump time.
-pub fn write_itimers(p: &mut Puppet, scratch: u64, timers: &[pb::ITimer]) -> Result<(), PuppetError> {
-    for t in timers.iter().filter(|t| t.value_us != 0 || t.interval_us != 0) {
+pub fn write_itimers(
+    p: &mut Puppet,
+    scratch: u64,
+    timers: &[pb::ITimer],
+) -> Result<(), PuppetError> {
+    for t in timers
+        .iter()
+        .filter(|t| t.value_us != 0 || t.interval_us != 0)
+    {
         let mut b = [0u8; 32];
         let put = |b: &mut [u8; 32], off: usize, us: u64| {
             b[off..off + 8].copy_from_slice(&(us / 1_000_000).to_le_bytes());
@@ -94,7 +117,11 @@ pub fn write_itimers(p: &mut Puppet, scratch: u64, timers: &[pb::ITimer]) -> Res
         put(&mut b, 0, t.interval_us);
         put(&mut b, 16, t.value_us.max(1));
         p.write(scratch, &b)?;
-        p.call("setitimer", libc::SYS_setitimer, [u64::from(t.which), scratch, 0, 0, 0, 0])?;
+        p.call(
+            "setitimer",
+            libc::SYS_setitimer,
+            [u64::from(t.which), scratch, 0, 0, 0, 0],
+        )?;
     }
     Ok(())
 }
@@ -132,7 +159,10 @@ pub fn write_rlimits(pid: i32, limits: &[pb::Rlimit]) -> std::io::Result<()> {
         let r = unsafe { libc::prlimit64(pid, l.resource, &new, std::ptr::null_mut()) };
         if r != 0 {
             let e = std::io::Error::last_os_error();
-            return Err(std::io::Error::new(e.kind(), format!("rlimit {}: {e}", l.resource)));
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("rlimit {}: {e}", l.resource),
+            ));
         }
     }
     Ok(())

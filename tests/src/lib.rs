@@ -1,1 +1,109 @@
 //! Test harness for crt integration tests.
+//!
+//! # Workload protocol
+//!
+//! Every workload (C programs in `tests/workloads/*.c`, built by `build.rs`
+//! into `$CRT_WORKLOAD_DIR`, and the Rust `wl-rust-std` binary):
+//! - `argv[1]` is its own working directory (a fresh [`TestDir`]);
+//! - stdin is `/dev/null`, stdout and stderr are `<workdir>/out.log`, opened
+//!   `O_APPEND`; it writes with write(2), unbuffered;
+//! - prints `READY` once its state is set up, then keeps working (sleeping
+//!   often enough not to hog the CPUs);
+//! - on SIGTERM it verifies its state (including that `getpid()` did not
+//!   change) and prints `PASS` or `FAIL: <reason>` as its last line, exiting
+//!   0 or 1. Failed checks also appear as `CHECK FAILED: ...` lines.
+//! - `CRT_WL_SABOTAGE=1` in its environment makes it corrupt its own state
+//!   after READY (to prove the checks can fail).
+//!
+//! # Harness
+//!
+//! Call [`init!`] first in every test: it records the paths of the binaries
+//! built by cargo and makes the test process a child subreaper.
+//! - [`Workload`]: spawn, [`Workload::wait_ready`], logs, signals,
+//!   [`Workload::exercise`] (workload-specific steps), verdicts.
+//! - [`crt()`]: run the CLI with a timeout; [`dump`]: dump with the contract
+//!   checks; [`Restored`]: a running `crt restore`; [`Forest`]: several
+//!   workloads dumped as one forest; [`roundtrip`]: the whole cycle.
+//! - [`DirSnapshot`]: prove an image directory was left untouched.
+//! - [`reap_strays`]: reap zombies that are not the harness's own children.
+#![allow(clippy::panic)]
+
+mod crt;
+mod dirs;
+mod images;
+mod process;
+mod workload;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub use crate::crt::{
+    crt, crt_path, crt_with_timeout, dump, roundtrip, tree_arg, CrtOutput, Forest, Restored,
+    RUN_AFTER_RESTORE, RUN_BEFORE_DUMP,
+};
+pub use crate::dirs::TestDir;
+pub use crate::images::{
+    assert_image_files, flip_bytes_in_middle, task_image, truncate_to_half, DirSnapshot,
+};
+pub use crate::process::{
+    children_of_self, close_extra_fds, describe_status, pid_alive, poll_until, proc_comm,
+    proc_state, proc_status_field, reap_strays, send_signal, spawn_tracked, untrack, wait_timeout,
+    KillGuard,
+};
+pub use crate::workload::{workload_exe, Workload, C_WORKLOADS, RUST_STD};
+
+/// How long a workload may take to print READY.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long any crt command may run before it is killed (and the test fails).
+pub const CRT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a process may take to exit after SIGTERM.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Paths of the binaries built by cargo for this package.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    /// The crt CLI (`crt-under-test`).
+    pub crt: PathBuf,
+    /// The Rust std workload (`wl-rust-std`).
+    pub rust_std: PathBuf,
+}
+
+static BINS: OnceLock<Bins> = OnceLock::new();
+
+/// Records the binary paths and makes this process a child subreaper.
+/// Use the [`init!`] macro, which takes the paths from cargo.
+pub fn init_with(bins: Bins) {
+    let _ = BINS.set(bins);
+    process::init();
+}
+
+/// Initialises the harness from an integration test (`crt_tests::init!();`):
+/// `CARGO_BIN_EXE_*` is only visible to integration tests, so the paths are
+/// captured in the caller's crate.
+#[macro_export]
+macro_rules! init {
+    () => {
+        $crate::init_with($crate::Bins {
+            crt: ::std::path::PathBuf::from(env!("CARGO_BIN_EXE_crt-under-test")),
+            rust_std: ::std::path::PathBuf::from(env!("CARGO_BIN_EXE_wl-rust-std")),
+        })
+    };
+}
+
+/// The recorded binaries; falls back to cargo's layout next to the test
+/// executable (`target/<profile>/deps/<test>` → `target/<profile>/<bin>`).
+pub(crate) fn bins() -> &'static Bins {
+    BINS.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target dir")
+            .to_path_buf();
+        Bins {
+            crt: dir.join("crt-under-test"),
+            rust_std: dir.join("wl-rust-std"),
+        }
+    })
+}

@@ -53,7 +53,10 @@ impl Registry {
 
     /// Handler names in claim order.
     pub fn names(&self) -> Vec<String> {
-        self.handlers.iter().map(|h| h.name().into_string()).collect()
+        self.handlers
+            .iter()
+            .map(|h| h.name().into_string())
+            .collect()
     }
 
     /// The first handler that claims `fd`.
@@ -88,7 +91,8 @@ fn open_raw(path: &str, flags: i32) -> Result<i32, String> {
 }
 
 /// Flags that must not be replayed when reopening a file.
-const REOPEN_STRIP: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC;
+const REOPEN_STRIP: i32 =
+    libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC;
 
 fn is_deleted(link: &str) -> bool {
     link.ends_with(" (deleted)")

@@ -1,4 +1,8 @@
 //! Built-in handler for regular files opened by path.
+//!
+//! The size at dump time is recorded; at restore a file of another size is
+//! refused (the task would read or overwrite the wrong bytes), except a file
+//! opened with `O_APPEND` that has only grown, such as a log.
 
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
 use crt_plugin_api::{FdDesc, Handler, TaskRef};
@@ -48,7 +52,12 @@ impl Handler for RegFile {
         RResult::ROk(img.encode_to_vec().into())
     }
 
-    fn restore_fd(&self, _task: TaskRef<'_>, _fd: i32, blob: RSlice<'_, u8>) -> RResult<i32, RString> {
+    fn restore_fd(
+        &self,
+        _task: TaskRef<'_>,
+        _fd: i32,
+        blob: RSlice<'_, u8>,
+    ) -> RResult<i32, RString> {
         restore(blob.as_slice()).map_err(RString::from).into()
     }
 }
@@ -59,8 +68,13 @@ fn restore(blob: &[u8]) -> Result<i32, String> {
     // SAFETY: fd was just opened by us and is owned here.
     let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let meta = std::fs::File::from(owned);
-    let size = meta.metadata().map_err(|e| format!("stat {}: {e}", img.path))?.len() as i64;
-    if size != img.size {
+    let size = meta
+        .metadata()
+        .map_err(|e| format!("stat {}: {e}", img.path))?
+        .len() as i64;
+    // A file opened O_APPEND that only grew is safe: writes land at the end.
+    let appended = img.flags as i32 & libc::O_APPEND != 0 && size > img.size;
+    if size != img.size && !appended {
         return Err(format!(
             "{}: size is {size} bytes, but was {} at dump time; the file changed since the dump",
             img.path, img.size

@@ -1,0 +1,55 @@
+//! Dumps crt must refuse cleanly: non-zero exit, a message naming what it
+//! refused, no image files left, and the process still running untouched.
+#![allow(clippy::panic, clippy::unwrap_used)]
+
+use crt_tests::{
+    dump, DirSnapshot, TestDir, Workload, READY_TIMEOUT, RUN_AFTER_RESTORE, RUN_BEFORE_DUMP,
+};
+
+/// The fd numbers of `pid` whose link target is `target`.
+fn fds_pointing_to(pid: i32, target: &str) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/pid/fd")
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == target))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    fds.sort();
+    fds
+}
+
+#[test]
+fn eventfd_is_refused() {
+    crt_tests::init!();
+    let w = Workload::spawn("eventfd_holder");
+    let img = TestDir::new("crt-img-");
+    w.wait_ready(READY_TIMEOUT);
+    let fds = fds_pointing_to(w.pid(), "anon_inode:[eventfd]");
+    assert_eq!(
+        fds.len(),
+        1,
+        "eventfd_holder should hold exactly one eventfd: {fds:?}"
+    );
+    std::thread::sleep(RUN_BEFORE_DUMP);
+
+    let out = dump(&[&w], img.path(), &[]);
+    out.assert_failure()
+        .assert_stderr_mentions_number(w.pid())
+        .assert_stderr_mentions_number(&fds[0])
+        .assert_stderr_contains("eventfd");
+    let snap = DirSnapshot::take(img.path());
+    assert!(
+        snap.is_empty(),
+        "a refused dump left files in {}: {snap:?}",
+        img.path().display()
+    );
+
+    // untouched: still running, not traced, and its state still verifies
+    w.assert_alive("after the refused dump");
+    assert_eq!(
+        crt_tests::proc_status_field(w.pid(), "TracerPid").as_deref(),
+        Some("0")
+    );
+    std::thread::sleep(RUN_AFTER_RESTORE);
+    w.terminate_and_check();
+}
