@@ -26,6 +26,9 @@ pub struct Cli {
     /// Also write the log to this file (at -vv detail).
     #[arg(long, global = true, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+    /// Write figures of the run (phase timings, bytes, crt's peak memory) as JSON to this file.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub stats: Option<PathBuf>,
     /// Directory with plugin `.so` files (repeatable; also $CRT_PLUGIN_DIR; default /usr/lib/crt).
     #[arg(long, global = true, value_name = "DIR")]
     pub plugin_dir: Vec<PathBuf>,
@@ -161,8 +164,26 @@ fn out(s: &str) -> std::io::Result<()> {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// Where `--stats` goes (set once at start).
+static STATS_PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Writes `stats` plus crt's own peak memory to the `--stats` file.
+fn write_stats<T: serde::Serialize>(stats: &T) {
+    let Some(path) = STATS_PATH.get() else { return };
+    let mut v = serde_json::to_value(stats).unwrap_or_default();
+    v["peak_rss_kib"] = crate::procfs::status_field("self", "VmHWM")
+        .unwrap_or(0)
+        .into();
+    if let Err(e) = std::fs::write(path, v.to_string()) {
+        tracing::warn!("writing {}: {e}", path.display());
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode, BoxError> {
     let registry = Registry::builtin();
+    if let Some(p) = cli.stats {
+        let _ = STATS_PATH.set(p);
+    }
     match cli.command {
         Command::Dump {
             tree,
@@ -175,6 +196,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                 leave_running,
             };
             let s = dump::dump(&opts, &registry)?;
+            write_stats(&s);
             tracing::info!(
                 tasks = s.tasks,
                 freeze = s.freeze,
@@ -187,7 +209,12 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore { dir, detach } => {
-            let out = restore::restore(&RestoreOptions { dir, detach }, &registry)?;
+            let opts = RestoreOptions {
+                dir,
+                detach,
+                on_resumed: Some(write_stats::<restore::RestoreStats>),
+            };
+            let out = restore::restore(&opts, &registry)?;
             let s = &out.stats;
             tracing::info!(
                 tasks = s.tasks,

@@ -32,8 +32,8 @@ pub struct DumpOptions {
     pub leave_running: bool,
 }
 
-/// Figures from one dump, for `-v` and the benchmark.
-#[derive(Debug, Clone, Default)]
+/// Figures from one dump, for `-v`, `--stats` and the benchmark.
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct DumpStats {
     /// Seconds freezing.
     pub freeze: f64,
@@ -699,8 +699,8 @@ fn dump_task_pages(
         runs.extend(mem::scan(pid, &pagemap, plan.start, plan.end, plan.policy)?);
     }
     let total: u64 = runs.iter().map(|r| r.pages).sum();
-    let mut file = out.create_pages(pid, total)?;
-    let written = mem::dump_pages(pid, &runs, &mut file)?;
+    let file = out.create_pages(pid, total)?;
+    let written = mem::dump_pages(pid, &runs, &file, images::PAGE_SIZE)?;
     debug!(pages = total, bytes = written, "pages stored");
     Ok(pb::PageMap {
         page_size: images::PAGE_SIZE,

@@ -6,7 +6,7 @@
 //! reusable buffer, so crt's own memory stays small whatever the task's size.
 
 use std::fs::File;
-use std::io::{self, Write as _};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
@@ -216,52 +216,78 @@ fn remote_iovs(batch: &[(u64, usize)]) -> Vec<libc::iovec> {
         .collect()
 }
 
-/// Buffers in flight between the two threads of a page copy.
-const BUFFERS: usize = 3;
+/// Threads that drain filled buffers (tmpfs writes and page faults in the
+/// target scale over both cores of the development machines).
+const CONSUMERS: usize = 2;
+/// Buffers in flight between the threads of a page copy.
+const BUFFERS: usize = CONSUMERS + 2;
 
-/// Runs `produce` on this thread and `consume` on a helper thread, passing
-/// filled buffers of up to [`CHUNK`] bytes between them and recycling them,
-/// so copying out of one side overlaps with writing into the other.
-fn pipeline<E: Send>(
-    produce: impl FnMut(&mut [u8], &[(u64, usize)]) -> Result<(), E>,
-    consume: impl FnMut(&[u8], &[(u64, usize)]) -> Result<(), E> + Send,
+/// One filled buffer: its batch, and its byte offset in the page stream.
+type Filled = (Vec<u8>, Vec<(u64, usize)>, u64);
+
+/// Runs `produce` on this thread and `consume` on [`CONSUMERS`] helper
+/// threads, passing filled buffers of up to [`CHUNK`] bytes between them
+/// and recycling them, so reading one side overlaps with writing the other.
+/// `consume` gets the buffer, its batch and its offset in the page stream.
+fn pipeline<E: Send, C>(
+    mut produce: impl FnMut(&mut [u8], &[(u64, usize)], u64) -> Result<(), E>,
+    make_consumer: impl Fn() -> C,
     runs: &[Run],
-) -> Result<u64, E> {
-    let mut produce = produce;
-    let mut consume = consume;
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, Vec<(u64, usize)>)>(BUFFERS);
+) -> Result<u64, E>
+where
+    C: FnMut(&[u8], &[(u64, usize)], u64) -> Result<(), E> + Send,
+{
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Filled>(BUFFERS);
+    let full_rx = std::sync::Mutex::new(full_rx);
     let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     for _ in 0..BUFFERS {
         let _ = free_tx.send(vec![0u8; CHUNK]);
     }
     std::thread::scope(|scope| {
-        let consumer = scope.spawn(move || -> Result<(), E> {
-            for (buf, batch) in full_rx {
-                let total: usize = batch.iter().map(|b| b.1).sum();
-                consume(&buf[..total], &batch)?;
-                if free_tx.send(buf).is_err() {
-                    break;
-                }
-            }
-            Ok(())
-        });
+        let consumers: Vec<_> = (0..CONSUMERS)
+            .map(|_| {
+                let mut consume = make_consumer();
+                let free_tx = free_tx.clone();
+                let full_rx = &full_rx;
+                scope.spawn(move || -> Result<(), E> {
+                    loop {
+                        let next = full_rx
+                            .lock()
+                            .map_err(|_| ())
+                            .and_then(|rx| rx.recv().map_err(|_| ()));
+                        let Ok((buf, batch, off)) = next else {
+                            return Ok(());
+                        };
+                        let total: usize = batch.iter().map(|b| b.1).sum();
+                        consume(&buf[..total], &batch, off)?;
+                        let _ = free_tx.send(buf);
+                    }
+                })
+            })
+            .collect();
+        drop(free_tx);
         let mut moved = 0u64;
         let mut result = Ok(());
         for batch in batches(runs) {
             let Ok(mut buf) = free_rx.recv() else { break };
             let total: usize = batch.iter().map(|b| b.1).sum();
-            if let Err(e) = produce(&mut buf[..total], &batch) {
+            if let Err(e) = produce(&mut buf[..total], &batch, moved) {
                 result = Err(e);
                 break;
             }
-            moved += total as u64;
-            if full_tx.send((buf, batch)).is_err() {
+            if full_tx.send((buf, batch, moved)).is_err() {
                 break;
             }
+            moved += total as u64;
         }
         drop(full_tx);
-        let consumed = consumer.join().unwrap_or(Ok(()));
-        result.and(consumed).map(|()| moved)
+        for c in consumers {
+            let r = c.join().unwrap_or(Ok(()));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result.map(|()| moved)
     })
 }
 
@@ -365,14 +391,19 @@ fn write_batch(
     Ok(())
 }
 
-/// Copies the pages of `runs` out of task `pid` and appends them to `out`.
-/// Reading the task and writing the file overlap on two threads.
-/// Returns the number of bytes written.
-pub fn dump_pages(pid: i32, runs: &[Run], out: &mut File) -> Result<u64, MemError> {
+/// Copies the pages of `runs` out of task `pid` into `out`, starting at
+/// byte `file_off`. Reading the task and writing the file overlap on
+/// several threads. Returns the number of bytes written.
+pub fn dump_pages(pid: i32, runs: &[Run], out: &File, file_off: u64) -> Result<u64, MemError> {
     let mut mem = None;
     pipeline(
-        |buf, batch| read_batch(pid, &mut mem, buf, batch),
-        |buf, _| out.write_all(buf).map_err(MemError::File),
+        |buf, batch, _| read_batch(pid, &mut mem, buf, batch),
+        || {
+            |buf: &[u8], _: &[(u64, usize)], off: u64| {
+                out.write_all_at(buf, file_off + off)
+                    .map_err(MemError::File)
+            }
+        },
         runs,
     )
 }
@@ -380,7 +411,7 @@ pub fn dump_pages(pid: i32, runs: &[Run], out: &mut File) -> Result<u64, MemErro
 /// Writes the pages of `runs` from `pages` (starting at byte `file_off`)
 /// into task `pid`. `writable(addr)` says whether the task's own mapping at
 /// `addr` is writable; other pages go through `/proc/PID/mem`. Reading the
-/// file and writing the task overlap on two threads.
+/// file and writing the task overlap on several threads.
 pub fn fill_pages(
     pid: i32,
     runs: &[Run],
@@ -388,17 +419,19 @@ pub fn fill_pages(
     file_off: u64,
     writable: impl Fn(u64) -> bool + Sync,
 ) -> Result<u64, MemError> {
-    let mut off = file_off;
-    let mut mem = None;
+    let writable = &writable;
     pipeline(
-        |buf, _| {
-            pages.read_exact_at(buf, off).map_err(MemError::File)?;
-            off += buf.len() as u64;
-            Ok(())
+        |buf, _, off| {
+            pages
+                .read_exact_at(buf, file_off + off)
+                .map_err(MemError::File)
         },
-        |buf, batch| {
-            let direct = batch.iter().all(|&(addr, _)| writable(addr));
-            write_batch(pid, &mut mem, buf, batch, direct)
+        || {
+            let mut mem = None;
+            move |buf: &[u8], batch: &[(u64, usize)], _| {
+                let direct = batch.iter().all(|&(addr, _)| writable(addr));
+                write_batch(pid, &mut mem, buf, batch, direct)
+            }
         },
         runs,
     )

@@ -185,6 +185,21 @@ pub fn status(pid: i32) -> Result<Status, ProcError> {
     Ok(st)
 }
 
+/// A numeric field of `/proc/<who>/status` (e.g. `VmHWM` in KiB); `who` is a pid or `self`.
+pub fn status_field(who: &str, key: &str) -> Option<u64> {
+    read(format!("/proc/{who}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .strip_prefix(':')?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
 /// The thread ids of a process (`/proc/PID/task`), sorted.
 pub fn threads(pid: i32) -> Result<Vec<i32>, ProcError> {
     list_numeric_dir(format!("/proc/{pid}/task"))

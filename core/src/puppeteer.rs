@@ -511,32 +511,6 @@ impl Builder {
         Ok(())
     }
 
-    /// Faults in, in one call per run, the writable pages about to be
-    /// filled: much faster than taking one page fault per page during the copy.
-    fn populate(&mut self, runs: &[Run], vmas: &[pb::Vma]) -> Result<(), RestoreError> {
-        const MADV_POPULATE_WRITE: u64 = 23;
-        for r in runs {
-            let i = vmas.partition_point(|v| v.end <= r.vaddr);
-            let writable = vmas
-                .get(i)
-                .is_some_and(|v| v.start <= r.vaddr && v.prot & libc::PROT_WRITE as u32 != 0);
-            if writable && r.pages > 1 {
-                let res = self.p.syscall_raw(
-                    "madvise(MADV_POPULATE_WRITE)",
-                    libc::SYS_madvise,
-                    [r.vaddr, r.pages * PAGE_SIZE, MADV_POPULATE_WRITE, 0, 0, 0],
-                )?;
-                if res < 0 {
-                    debug!(
-                        addr = r.vaddr,
-                        "populate failed ({res}); pages fault in during the copy"
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Writes the stored pages into the task.
     fn fill(&mut self, loaded: &Loaded) -> Result<u64, RestoreError> {
         let runs: Vec<Run> = loaded
@@ -549,7 +523,6 @@ impl Builder {
             })
             .collect();
         let vmas = &loaded.task.vmas;
-        self.populate(&runs, vmas)?;
         let writable = |addr: u64| {
             let i = vmas.partition_point(|v| v.end <= addr);
             vmas.get(i)

@@ -20,16 +20,18 @@ use crate::puppet::{self, PuppetError};
 use crate::puppeteer::{self, Loaded};
 
 /// What to restore.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     /// Image directory.
     pub dir: PathBuf,
     /// Exit once the tasks run, instead of waiting for them.
     pub detach: bool,
+    /// Called once every task runs, before waiting for them.
+    pub on_resumed: Option<fn(&RestoreStats)>,
 }
 
 /// Figures from one restore.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RestoreStats {
     /// Seconds validating and reading images.
     pub validate: f64,
@@ -184,6 +186,9 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
     created.pids.clear();
 
     // 6. Wait (unless detached).
+    if let Some(f) = &opts.on_resumed {
+        f(&stats);
+    }
     let exit_code = if opts.detach { 0 } else { wait_roots(&roots) };
     Ok(Outcome { stats, exit_code })
 }

@@ -24,6 +24,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "avx",
     "vmas",
     "eventfd_holder",
+    "bigmem",
 ];
 
 /// Path of the executable of workload `name` (a C workload or [`RUST_STD`]).
