@@ -124,8 +124,13 @@ fn init_logging(verbose: u8, log_file: Option<&std::path::Path>) -> std::io::Res
         2 => LevelFilter::DEBUG,
         _ => LevelFilter::TRACE,
     };
+    // Field values are formatted once and shared by both layers: colour
+    // only when nothing goes to a file and stderr is a terminal.
+    use std::io::IsTerminal;
+    let ansi = log_file.is_none() && std::io::stderr().is_terminal();
     let stderr = fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false)
         .with_span_events(if verbose > 0 {
             FmtSpan::CLOSE

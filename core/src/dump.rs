@@ -8,18 +8,17 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use abi_stable::sabi_trait::TD_Opaque;
-use crt_plugin_api::{FdDesc, PagePolicy, TaskRef, Task_TO, VmaDesc};
 use tracing::{debug, info, info_span};
 
-use crate::forest::{Forest, ForestError, Frozen, Proc};
+use crate::collect::{self, PagePlan, Session};
+use crate::forest::{Forest, ForestError, Frozen};
 use crate::handlers::Registry;
 use crate::images::{self, pb, ImageDir, ImageError, Kind};
 use crate::mem::{self, MemError, Run};
 use crate::procfs::{self, ProcError};
-use crate::ptrace::{self, PtraceError};
-use crate::puppet::{self, Puppet, PuppetError};
-use crate::task_state;
+use crate::ptrace::PtraceError;
+use crate::puppet::{self, PuppetError};
+use crate::sharing::{self, FileIds};
 
 /// What to dump.
 #[derive(Debug, Clone)]
@@ -107,6 +106,9 @@ pub enum DumpError {
         /// Its message.
         msg: String,
     },
+    /// A pipe or socket is also held outside the forest.
+    #[error("pid {} fd {}: {} is also held by pid {} ({}) fd {}, which is not dumped; add --tree {} to dump both ends, or close it", .0.pid, .0.fd, .0.link, .0.other_pid, .0.other_comm, .0.other_fd, .0.other_pid)]
+    SharedOutside(sharing::OutsideHolder),
     /// Reading /proc failed.
     #[error(transparent)]
     Proc(#[from] ProcError),
@@ -123,7 +125,7 @@ pub enum DumpError {
     #[error(transparent)]
     Image(#[from] ImageError),
     /// Another I/O failure.
-    #[error("pid {pid}: {what}: {source}")]
+    #[error("pid {pid}: {what}")]
     Io {
         /// The task.
         pid: i32,
@@ -134,11 +136,8 @@ pub enum DumpError {
     },
 }
 
-/// Scratch memory crt maps inside a task while collecting.
-const SCRATCH_LEN: u64 = 16 * 4096;
-/// Mappings that belong to the kernel, not to a handler.
+/// The kernel's vdso block, moved as one at restore.
 pub const VDSO_NAMES: [&str; 3] = ["[vvar]", "[vvar_vclock]", "[vdso]"];
-const KERNEL_MAPPINGS: [&str; 2] = ["[vsyscall]", "[uprobes]"];
 
 /// Dumps the forest under `opts.roots` into `opts.dir`.
 pub fn dump(opts: &DumpOptions, registry: &Registry) -> Result<DumpStats, DumpError> {
@@ -146,6 +145,9 @@ pub fn dump(opts: &DumpOptions, registry: &Registry) -> Result<DumpStats, DumpEr
     let result = run(opts, registry, &mut out);
     if result.is_err() {
         out.remove_partial();
+    }
+    for h in registry.all() {
+        h.dump_finish(result.is_ok());
     }
     result
 }
@@ -171,7 +173,7 @@ fn run(opts: &DumpOptions, registry: &Registry, out: &mut Output) -> Result<Dump
         secs = stats.freeze,
         "froze the forest"
     );
-    check_supported(&forest, &frozen)?;
+    check_supported(&forest)?;
 
     // 3-6 under the frozen forest; undo on any error.
     let mut sessions: Vec<Session> = Vec::new();
@@ -214,117 +216,35 @@ fn run(opts: &DumpOptions, registry: &Registry, out: &mut Output) -> Result<Dump
 }
 
 /// What this version of crt refuses before touching anything.
-fn check_supported(forest: &Forest, frozen: &Frozen) -> Result<(), DumpError> {
+fn check_supported(forest: &Forest) -> Result<(), DumpError> {
     for p in &forest.procs {
-        if p.threads.len() > 1 {
+        if p.zombie && forest.roots.contains(&p.pid) {
             return Err(DumpError::Unsupported {
                 pid: p.pid,
-                what: format!(
-                    "has {} threads ({:?}); multi-threaded processes are not supported yet",
-                    p.threads.len(),
-                    p.threads
-                ),
+                what: "is a zombie (exited, waiting for its parent to reap it); dump its parent's tree instead".into(),
             });
         }
-        if !p.children.is_empty() {
+        if p.zombie && p.threads.len() > 1 {
+            return Err(DumpError::Unsupported {
+                pid: p.pid,
+                what: "its main thread exited while other threads run; crt cannot restore that yet"
+                    .into(),
+            });
+        }
+        if p.zombie || forest.roots.contains(&p.pid) {
+            continue;
+        }
+        if let Some(what) = sharing::shared_with_parent(p.pid, p.ppid) {
             return Err(DumpError::Unsupported {
                 pid: p.pid,
                 what: format!(
-                    "has child processes {:?}; process trees are not supported yet",
-                    p.children
+                    "shares {what} with its parent {}; crt cannot restore that yet",
+                    p.ppid
                 ),
             });
         }
     }
-    let _ = frozen;
     Ok(())
-}
-
-/// A task being collected: its puppet and what must be undone.
-struct Session {
-    pid: i32,
-    puppet: Puppet,
-    scratch: Option<u64>,
-    stashed: Vec<[u8; ptrace::SIGINFO_LEN]>,
-    undone: bool,
-}
-
-impl Session {
-    fn open(pid: i32, stashed: Vec<[u8; ptrace::SIGINFO_LEN]>) -> Result<Self, DumpError> {
-        let regs = ptrace::get_regs(pid)?;
-        let gadget = puppet::find_gadget(pid)?;
-        Ok(Self {
-            pid,
-            puppet: Puppet::new(pid, regs, gadget),
-            scratch: None,
-            stashed,
-            undone: false,
-        })
-    }
-
-    fn scratch(&mut self) -> Result<u64, DumpError> {
-        if let Some(s) = self.scratch {
-            return Ok(s);
-        }
-        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        let addr = self.puppet.call(
-            "mmap",
-            libc::SYS_mmap,
-            [0, SCRATCH_LEN, prot, flags, u64::MAX, 0],
-        )?;
-        self.scratch = Some(addr);
-        Ok(addr)
-    }
-
-    /// Puts the task back as it was: scratch unmapped, signals re-queued, registers.
-    fn undo(&mut self) {
-        if self.undone {
-            return;
-        }
-        self.undone = true;
-        if let Some(addr) = self.scratch.take() {
-            if let Err(e) =
-                self.puppet
-                    .call("munmap", libc::SYS_munmap, [addr, SCRATCH_LEN, 0, 0, 0, 0])
-            {
-                tracing::warn!(pid = self.pid, "unmapping scratch: {e}");
-            }
-        }
-        let mut stashed = std::mem::take(&mut self.stashed);
-        stashed.extend(self.puppet.take_stashed());
-        if !stashed.is_empty() {
-            if let Err(e) = requeue(&mut self.puppet, self.pid, &stashed) {
-                tracing::warn!(pid = self.pid, "re-queueing {} signals: {e}", stashed.len());
-            }
-        }
-        if let Err(e) = self.puppet.restore_regs() {
-            tracing::warn!(pid = self.pid, "restoring registers: {e}");
-        }
-    }
-}
-
-/// Queues signals back into the task they were taken from.
-fn requeue(
-    p: &mut Puppet,
-    pid: i32,
-    infos: &[[u8; ptrace::SIGINFO_LEN]],
-) -> Result<(), PuppetError> {
-    // The siginfo goes on the task's stack, below the red zone.
-    let regs = ptrace::get_regs(pid)?;
-    let at = (regs.rsp - 128 - ptrace::SIGINFO_LEN as u64) & !15;
-    let mut saved = [0u8; ptrace::SIGINFO_LEN];
-    p.read(at, &mut saved)?;
-    for info in infos {
-        let signo = i32::from_le_bytes([info[0], info[1], info[2], info[3]]);
-        p.write(at, info)?;
-        p.call(
-            "rt_tgsigqueueinfo",
-            libc::SYS_rt_tgsigqueueinfo,
-            [pid as u64, pid as u64, signo as u64, at, 0, 0],
-        )?;
-    }
-    p.write(at, &saved)
 }
 
 fn collect_and_write(
@@ -339,25 +259,23 @@ fn collect_and_write(
     let kernel = procfs::kernel_release();
     let mut vdso_id = String::new();
     let mut plugins: Vec<pb::PluginRef> = Vec::new();
+    let mut file_ids = FileIds::default();
+
+    // 3. Collect every task (all refusals happen here, before any page is copied).
+    let t = Instant::now();
+    let mut collected: Vec<(pb::Task, Vec<PagePlan>)> = Vec::new();
     for proc_ in &forest.procs {
         let _span = info_span!("task", pid = proc_.pid).entered();
-        let stashed = frozen
-            .threads
-            .iter()
-            .find(|t| t.tid == proc_.pid)
-            .map(|t| t.stashed.clone())
-            .unwrap_or_default();
-        sessions.push(Session::open(proc_.pid, stashed)?);
+        if proc_.zombie {
+            collected.push((collect::zombie_task(proc_), Vec::new()));
+            continue;
+        }
+        sessions.push(Session::open(proc_, frozen)?);
         let Some(session) = sessions.last_mut() else {
             unreachable!("pushed above")
         };
-
-        // 3. Collect.
-        let t = Instant::now();
-        let (task, plans) = {
-            let _s = info_span!("collect").entered();
-            collect_task(proc_, registry, session)?
-        };
+        let _s = info_span!("collect").entered();
+        let (task, plans) = collect::collect_task(proc_, registry, session, frozen, &mut file_ids)?;
         if vdso_id.is_empty() {
             vdso_id = vdso_fingerprint(proc_.pid, &task)?;
         }
@@ -378,20 +296,36 @@ fn collect_and_write(
                 });
             }
         }
-        stats.collect += t.elapsed().as_secs_f64();
+        collected.push((task, plans));
+    }
 
-        // 4/6. Pages.
+    // 4. Identify sharing with the outside: a pipe or socket held by a
+    // process that is not dumped cannot be restored connected.
+    let objects: Vec<(i32, i32, String)> = collected
+        .iter()
+        .flat_map(|(t, _)| t.fds.iter().map(move |f| (t.pid, f.fd, f.link.clone())))
+        .filter(|(_, _, l)| l.starts_with("pipe:[") || l.starts_with("socket:["))
+        .collect();
+    let pids: Vec<i32> = forest.procs.iter().map(|p| p.pid).collect();
+    if let Some(o) = sharing::find_outside_holders(&objects, &pids) {
+        return Err(DumpError::SharedOutside(o));
+    }
+    stats.collect += t.elapsed().as_secs_f64();
+
+    // 5. Pages and task images.
+    for (task, plans) in &collected {
+        let _span = info_span!("task", pid = task.pid).entered();
         let t = Instant::now();
         let pagemap = {
             let _s = info_span!("pages").entered();
-            dump_task_pages(proc_.pid, &plans, out)?
+            dump_task_pages(task.pid, plans, out)?
         };
         stats.page_bytes += pagemap.total_pages * images::PAGE_SIZE;
         stats.pages += t.elapsed().as_secs_f64();
 
         let t = Instant::now();
-        out.write(&out.dir.pagemap_path(proc_.pid), Kind::PageMap, &pagemap)?;
-        out.write(&out.dir.task_path(proc_.pid), Kind::Task, &task)?;
+        out.write(&out.dir.pagemap_path(task.pid), Kind::PageMap, &pagemap)?;
+        out.write(&out.dir.task_path(task.pid), Kind::Task, task)?;
         stats.write += t.elapsed().as_secs_f64();
     }
 
@@ -413,256 +347,6 @@ fn collect_and_write(
     out.write(&out.dir.inventory_path(), Kind::Inventory, &inventory)?;
     stats.write += t.elapsed().as_secs_f64();
     Ok(())
-}
-
-/// A memory area and the pages to store from it.
-struct PagePlan {
-    start: u64,
-    end: u64,
-    policy: PagePolicy,
-}
-
-fn collect_task(
-    p: &Proc,
-    registry: &Registry,
-    s: &mut Session,
-) -> Result<(pb::Task, Vec<PagePlan>), DumpError> {
-    let pid = p.pid;
-    // Memory layout first, before crt's scratch mapping exists.
-    let maps = procfs::smaps(pid)?;
-    let thread = collect_thread(pid)?;
-    let scratch = s.scratch()?;
-    let sigactions = task_state::read_sigactions(&mut s.puppet, scratch)?;
-    let itimers = task_state::read_itimers(&mut s.puppet, scratch)?;
-    let mut mm = task_state::read_mm(pid, &mut s.puppet)?;
-    let status = procfs::status(pid)?;
-
-    let mut task = pb::Task {
-        pid,
-        ppid: p.ppid,
-        pgid: p.pgid,
-        sid: p.sid,
-        comm: p.comm.clone(),
-        threads: vec![thread],
-        sigactions,
-        shared_pending: ptrace::peek_siginfo(pid, true)?
-            .into_iter()
-            .map(|raw| pb::SigInfo { raw: raw.to_vec() })
-            .collect(),
-        rlimits: task_state::read_rlimits(pid).map_err(|source| DumpError::Io {
-            pid,
-            what: "reading rlimits".into(),
-            source,
-        })?,
-        itimers,
-        cwd: procfs::link(pid, "cwd")?,
-        root: procfs::link(pid, "root")?,
-        umask: status.umask,
-        creds: Some(task_state::read_creds(pid)?),
-        personality: procfs::personality(pid)?,
-        exit_signal: procfs::stat(pid)?.exit_signal,
-        ..Default::default()
-    };
-    // Signals the freeze took off the queue belong to the image too.
-    for raw in &s.stashed {
-        task.threads[0]
-            .pending
-            .push(pb::SigInfo { raw: raw.to_vec() });
-    }
-
-    let mut plans = Vec::new();
-    {
-        for m in &maps {
-            if VDSO_NAMES.contains(&m.name.as_str()) {
-                mm.vdso_block.push(vma_record(m));
-                if m.name == "[vvar]" {
-                    mm.vdso_start = m.start;
-                }
-                if m.name == "[vdso]" {
-                    mm.vdso_text = m.start;
-                }
-                continue;
-            }
-            if KERNEL_MAPPINGS.contains(&m.name.as_str()) {
-                continue;
-            }
-            let desc = vma_desc(pid, m);
-            let h = registry
-                .claim_vma(&desc)
-                .ok_or_else(|| DumpError::UnclaimedVma {
-                    pid,
-                    start: m.start,
-                    end: m.end,
-                    name: m.name.clone(),
-                })?;
-            let d = h
-                .dump_vma(task_ref(&mut s.puppet), &desc)
-                .into_result()
-                .map_err(|msg| DumpError::Handler {
-                    pid,
-                    what: format!("memory {:#x}-{:#x} {}", m.start, m.end, m.name),
-                    handler: h.name().into_string(),
-                    msg: msg.into_string(),
-                })?;
-            let mut rec = vma_record(m);
-            rec.handler = h.name().into_string();
-            rec.blob = d.blob.into_vec();
-            rec.pages = match d.pages {
-                PagePolicy::None => pb::PageSource::PagesNone,
-                PagePolicy::Private => pb::PageSource::PagesPrivate,
-                PagePolicy::All => pb::PageSource::PagesAll,
-            } as i32;
-            plans.push(PagePlan {
-                start: m.start,
-                end: m.end,
-                policy: d.pages,
-            });
-            task.vmas.push(rec);
-        }
-        if mm.vdso_text == 0 {
-            return Err(DumpError::Unsupported {
-                pid,
-                what: "has no [vdso] mapping; crt needs it to restore".into(),
-            });
-        }
-        for fd in procfs::fds(pid)? {
-            let desc = fd_desc(pid, fd)?;
-            let h = registry
-                .claim_fd(&desc)
-                .ok_or_else(|| DumpError::UnclaimedFd {
-                    pid,
-                    fd,
-                    link: desc.link.to_string(),
-                    kind: file_kind(desc.mode),
-                })?;
-            let blob = h
-                .dump_fd(task_ref(&mut s.puppet), &desc)
-                .into_result()
-                .map_err(|msg| DumpError::Handler {
-                    pid,
-                    what: format!("fd {fd} ({})", desc.link),
-                    handler: h.name().into_string(),
-                    msg: msg.into_string(),
-                })?;
-            task.fds.push(pb::Fd {
-                fd,
-                cloexec: desc.flags & libc::O_CLOEXEC as u32 != 0,
-                handler: h.name().into_string(),
-                blob: blob.into_vec(),
-                link: desc.link.to_string(),
-            });
-            debug!(fd, link = %desc.link, "fd claimed");
-        }
-    }
-    task.mm = Some(mm);
-    Ok((task, plans))
-}
-
-/// The plugin-API view of a puppet.
-pub fn task_ref(p: &mut Puppet) -> TaskRef<'_> {
-    Task_TO::from_ptr(p, TD_Opaque)
-}
-
-fn collect_thread(tid: i32) -> Result<pb::Thread, DumpError> {
-    let regs = ptrace::get_regs(tid)?;
-    Ok(pb::Thread {
-        tid,
-        regs: ptrace::regs_to_bytes(&regs),
-        xsave: ptrace::get_xsave(tid)?,
-        sigmask: ptrace::get_sigmask(tid)?,
-        pending: ptrace::peek_siginfo(tid, false)?
-            .into_iter()
-            .map(|raw| pb::SigInfo { raw: raw.to_vec() })
-            .collect(),
-        rseq: ptrace::rseq_config(tid)?.map(|r| pb::Rseq {
-            ptr: r.ptr,
-            size: r.size,
-            signature: r.signature,
-        }),
-        clear_child_tid: 0,
-    })
-}
-
-fn vma_record(m: &procfs::MapsEntry) -> pb::Vma {
-    let mut flags = if m.shared {
-        libc::MAP_SHARED
-    } else {
-        libc::MAP_PRIVATE
-    } as u32;
-    let vm_flags: Vec<String> = m.vm_flags.split_whitespace().map(String::from).collect();
-    if vm_flags.iter().any(|f| f == "gd") {
-        flags |= libc::MAP_GROWSDOWN as u32;
-    }
-    if m.ino == 0 {
-        flags |= libc::MAP_ANONYMOUS as u32;
-    }
-    pb::Vma {
-        start: m.start,
-        end: m.end,
-        prot: m.prot,
-        flags,
-        pgoff: m.pgoff,
-        name: m.name.clone(),
-        vm_flags,
-        dev: m.dev,
-        ino: m.ino,
-        ..Default::default()
-    }
-}
-
-/// The handler-facing description of a memory area.
-pub fn vma_desc(pid: i32, m: &procfs::MapsEntry) -> VmaDesc {
-    VmaDesc {
-        pid,
-        start: m.start,
-        end: m.end,
-        prot: m.prot,
-        shared: m.shared,
-        pgoff: m.pgoff,
-        name: m.name.as_str().into(),
-        dev: m.dev,
-        ino: m.ino,
-        vm_flags: m.vm_flags.as_str().into(),
-    }
-}
-
-fn fd_desc(pid: i32, fd: i32) -> Result<FdDesc, DumpError> {
-    use std::os::unix::fs::MetadataExt;
-    let link = procfs::link(pid, &format!("fd/{fd}"))?;
-    let path = format!("/proc/{pid}/fd/{fd}");
-    let meta = fs::metadata(&path).map_err(|source| DumpError::Io {
-        pid,
-        what: format!("stat fd {fd} ({link})"),
-        source,
-    })?;
-    let info = procfs::fdinfo(pid, fd)?;
-    Ok(FdDesc {
-        pid,
-        fd,
-        link: link.as_str().into(),
-        mode: meta.mode(),
-        dev: meta.dev(),
-        ino: meta.ino(),
-        rdev: meta.rdev(),
-        size: meta.size() as i64,
-        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        flags: info.flags,
-        pos: info.pos,
-        mnt_id: info.mnt_id,
-    })
-}
-
-fn file_kind(mode: u32) -> &'static str {
-    match mode & libc::S_IFMT {
-        libc::S_IFREG => "regular file",
-        libc::S_IFDIR => "directory",
-        libc::S_IFCHR => "character device",
-        libc::S_IFBLK => "block device",
-        libc::S_IFIFO => "pipe",
-        libc::S_IFSOCK => "socket",
-        libc::S_IFLNK => "symlink",
-        _ => "anonymous inode",
-    }
 }
 
 /// Identifies the vdso text, so restore can check it runs on the same one.

@@ -70,6 +70,10 @@ pub struct Proc {
     pub threads: Vec<i32>,
     /// Child processes.
     pub children: Vec<i32>,
+    /// Exited but not reaped by its parent.
+    pub zombie: bool,
+    /// A zombie's wait status.
+    pub exit_code: i32,
 }
 
 /// The discovered forest, in tree order (parents before children).
@@ -123,9 +127,17 @@ impl Forest {
         Ok(forest)
     }
 
-    /// Every thread id in the forest.
+    /// Every thread id of every live (not zombie) process in the forest.
     pub fn tids(&self) -> impl Iterator<Item = i32> + '_ {
-        self.procs.iter().flat_map(|p| p.threads.iter().copied())
+        self.procs
+            .iter()
+            .filter(|p| !p.zombie)
+            .flat_map(|p| p.threads.iter().copied())
+    }
+
+    /// The process with pid `pid`.
+    pub fn get(&self, pid: i32) -> Option<&Proc> {
+        self.procs.iter().find(|p| p.pid == pid)
     }
 }
 
@@ -148,6 +160,8 @@ fn read_proc(pid: i32) -> Result<Proc, ForestError> {
         comm: stat.comm,
         threads,
         children: procfs::children(pid)?,
+        zombie: stat.state == 'Z',
+        exit_code: stat.exit_code,
     })
 }
 
@@ -158,6 +172,8 @@ pub struct FrozenThread {
     pub tid: i32,
     /// Signal taken off its queue by the freeze (signal-delivery stop).
     pub stashed: Vec<[u8; SIGINFO_LEN]>,
+    /// It was in a group stop (SIGSTOP, job control) when frozen.
+    pub group_stop: bool,
 }
 
 /// Every thread of the forest, held in ptrace-stop. Dropping it without
@@ -191,6 +207,7 @@ impl Frozen {
                 frozen.threads.push(FrozenThread {
                     tid,
                     stashed: Vec::new(),
+                    group_stop: false,
                 });
                 ptrace::interrupt(tid)?;
                 let t = frozen.threads.len() - 1;
@@ -214,7 +231,12 @@ impl Frozen {
         let tid = self.threads[idx].tid;
         loop {
             match ptrace::wait(tid)? {
-                Stop::Stopped { event, .. } if event == libc::PTRACE_EVENT_STOP => return Ok(()),
+                Stop::Stopped { sig, event } if event == libc::PTRACE_EVENT_STOP => {
+                    // INTERRUPT reports SIGTRAP for a running task and the
+                    // stop signal for one already in a group stop.
+                    self.threads[idx].group_stop = sig != libc::SIGTRAP;
+                    return Ok(());
+                }
                 Stop::Stopped { sig, .. } => {
                     // A signal-delivery stop came first: keep the signal to
                     // put back later, and wait for the interrupt's stop.
@@ -246,6 +268,11 @@ impl Frozen {
                 tracing::warn!(tid = t.tid, "detach failed: {e}");
             }
         }
+    }
+
+    /// The frozen thread `tid`.
+    pub fn thread(&self, tid: i32) -> Option<&FrozenThread> {
+        self.threads.iter().find(|t| t.tid == tid)
     }
 
     /// Kills every frozen process (after a successful dump).

@@ -65,7 +65,7 @@ impl Kind {
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// I/O on an image file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -117,7 +117,7 @@ pub enum ImageError {
         found: u32,
     },
     /// The payload does not decode.
-    #[error("{path}: corrupt: {source}")]
+    #[error("{path}: corrupt")]
     Decode {
         /// The file.
         path: PathBuf,

@@ -4,6 +4,7 @@
 //! one module per concern (see `docs/internals.md`).
 pub mod check;
 pub mod cli;
+pub mod collect;
 pub mod dump;
 pub mod forest;
 pub mod handlers;
@@ -14,5 +15,6 @@ pub mod ptrace;
 pub mod puppet;
 pub mod puppeteer;
 pub mod restore;
+pub mod sharing;
 pub mod show;
 pub mod task_state;

@@ -23,7 +23,7 @@ const MAX_IOV: usize = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum MemError {
     /// PAGEMAP_SCAN failed.
-    #[error("pid {pid}: scanning pages of {start:#x}-{end:#x}: {source}")]
+    #[error("pid {pid}: scanning pages of {start:#x}-{end:#x}")]
     Scan {
         /// The task.
         pid: i32,
@@ -35,7 +35,7 @@ pub enum MemError {
         source: io::Error,
     },
     /// Reading task memory failed.
-    #[error("pid {pid}: reading {len} bytes at {addr:#x}: {source}")]
+    #[error("pid {pid}: reading {len} bytes at {addr:#x}")]
     Read {
         /// The task.
         pid: i32,
@@ -47,7 +47,7 @@ pub enum MemError {
         source: io::Error,
     },
     /// Writing task memory failed.
-    #[error("pid {pid}: writing {len} bytes at {addr:#x}: {source}")]
+    #[error("pid {pid}: writing {len} bytes at {addr:#x}")]
     Write {
         /// The task.
         pid: i32,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
     /// The file could not be read (usually: the task is gone).
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -52,6 +52,8 @@ pub struct Stat {
     pub session: i32,
     /// Signal sent to the parent on exit.
     pub exit_signal: i32,
+    /// Exit status in waitpid form (meaningful for zombies).
+    pub exit_code: i32,
     /// mm fields.
     pub start_code: u64,
     /// mm fields.
@@ -113,6 +115,7 @@ pub fn stat_at(path: String) -> Result<Stat, ProcError> {
         arg_end: num(46)?,
         env_start: num(47)?,
         env_end: num(48)?,
+        exit_code: num(49).unwrap_or(0) as i32,
     })
 }
 

@@ -9,7 +9,7 @@ use libc::{c_void, pid_t, user_regs_struct};
 
 /// A ptrace request failed.
 #[derive(Debug, thiserror::Error)]
-#[error("ptrace {op} on tid {tid}: {source}")]
+#[error("ptrace {op} on tid {tid}")]
 pub struct PtraceError {
     /// The request.
     pub op: &'static str,

@@ -39,7 +39,7 @@ pub enum PuppetError {
         how: String,
     },
     /// The injected syscall returned an error.
-    #[error("pid {pid}: {syscall} inside the task failed: {source}")]
+    #[error("pid {pid}: {syscall} inside the task failed")]
     Syscall {
         /// The task.
         pid: i32,
@@ -49,7 +49,7 @@ pub enum PuppetError {
         source: io::Error,
     },
     /// Reading or writing task memory failed.
-    #[error("pid {pid}: {op} of {len} bytes at {addr:#x}: {source}")]
+    #[error("pid {pid}: {op} of {len} bytes at {addr:#x}")]
     Mem {
         /// The task.
         pid: i32,
@@ -190,6 +190,11 @@ impl Puppet {
         self.tid
     }
 
+    /// The thread's own registers, as they were before any injection.
+    pub fn base_regs(&self) -> &user_regs_struct {
+        &self.base
+    }
+
     /// The current gadget address.
     pub fn gadget(&self) -> u64 {
         self.gadget
@@ -203,6 +208,11 @@ impl Puppet {
     /// Number of syscalls injected so far.
     pub fn injected(&self) -> u64 {
         self.injected
+    }
+
+    /// Signals taken off the queue while injecting, so far.
+    pub fn stashed(&self) -> &[[u8; SIGINFO_LEN]] {
+        &self.stashed
     }
 
     /// Signals that arrived while injecting and were taken off the queue;
@@ -228,6 +238,13 @@ impl Puppet {
         loop {
             ptrace::singlestep(self.tid)?;
             match ptrace::wait(self.tid)? {
+                Stop::Stopped { sig, event }
+                    if sig == libc::SIGTRAP && event != 0 && event != libc::PTRACE_EVENT_STOP =>
+                {
+                    // fork/clone/exec event inside the injected syscall: the
+                    // syscall is still running; the next step finishes it.
+                    let _ = event;
+                }
                 Stop::Stopped { sig, event } => {
                     let now = ptrace::get_regs(self.tid)?;
                     if sig != libc::SIGTRAP && event == 0 {
@@ -311,6 +328,39 @@ impl Puppet {
     }
 }
 
+impl Puppet {
+    /// A copy of the task's fd `fd` in crt's fd table.
+    pub fn take_fd(&mut self, fd: i32) -> Result<std::os::fd::OwnedFd> {
+        use std::os::fd::FromRawFd;
+        let err = |source| PuppetError::Syscall {
+            pid: self.tid,
+            syscall: "pidfd_getfd",
+            source,
+        };
+        // SAFETY: plain syscalls with integer arguments.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.tid, 0) };
+        if pidfd < 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        // SAFETY: pidfd was just returned to us and is owned here.
+        let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd as i32) };
+        // SAFETY: integer arguments only.
+        let got = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_getfd,
+                std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+                fd,
+                0,
+            )
+        };
+        if got < 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        // SAFETY: the kernel just gave us this new descriptor.
+        Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(got as i32) })
+    }
+}
+
 impl crt_plugin_api::Task for Puppet {
     fn pid(&self) -> i32 {
         self.tid
@@ -332,6 +382,16 @@ impl crt_plugin_api::Task for Puppet {
         mut buf: abi_stable::std_types::RSliceMut<'_, u8>,
     ) -> abi_stable::std_types::RResult<(), abi_stable::std_types::RString> {
         self.read(addr, buf.as_mut_slice())
+            .map_err(|e| e.to_string().into())
+            .into()
+    }
+
+    fn take_fd(
+        &mut self,
+        fd: i32,
+    ) -> abi_stable::std_types::RResult<i32, abi_stable::std_types::RString> {
+        Puppet::take_fd(self, fd)
+            .map(std::os::fd::IntoRawFd::into_raw_fd)
             .map_err(|e| e.to_string().into())
             .into()
     }

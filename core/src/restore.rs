@@ -15,9 +15,9 @@ use crate::handlers::Registry;
 use crate::images::{pb, ImageDir, ImageError, FORMAT_VERSION};
 use crate::mem::MemError;
 use crate::procfs::{self, ProcError};
-use crate::ptrace::{self, PtraceError, Stop};
+use crate::ptrace::PtraceError;
 use crate::puppet::{self, PuppetError};
-use crate::puppeteer::{self, Loaded};
+use crate::puppeteer::{self, Builder, Loaded, RestoreCtx};
 
 /// What to restore.
 #[derive(Debug, Clone, Default)]
@@ -79,7 +79,7 @@ pub enum RestoreError {
         state: char,
     },
     /// clone3 failed.
-    #[error("pid {pid}: creating the task with clone3(set_tid): {source}")]
+    #[error("pid {pid}: creating the task with clone3(set_tid)")]
     Clone {
         /// The pid.
         pid: i32,
@@ -162,20 +162,25 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
 
     // 2-4. Create, rebuild; kill everything created on failure.
     let mut created = Created::default();
-    let result = build_all(&dir, registry, &tasks, &mut created, &mut stats);
-    if let Err(e) = result {
-        created.kill_all();
-        return Err(e);
-    }
+    let builders = match build_all(registry, &tasks, &inventory.roots, &mut created, &mut stats) {
+        Ok(b) => b,
+        Err(e) => {
+            created.kill_all();
+            for h in registry.all() {
+                h.restore_finish(false);
+            }
+            return Err(e);
+        }
+    };
 
     // 5. Resume all together.
     let t = Instant::now();
     {
         let _s = info_span!("resume").entered();
-        for pid in &created.pids {
-            if let Err(e) = ptrace::detach(*pid, 0) {
+        for (b, task) in &builders {
+            if let Err(e) = b.resume(task) {
                 created.kill_all();
-                return Err(e.into());
+                return Err(e);
             }
         }
     }
@@ -193,25 +198,69 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
     Ok(Outcome { stats, exit_code })
 }
 
-fn build_all(
-    dir: &ImageDir,
+/// Creates and rebuilds every task; returns the builders, ready to resume.
+fn build_all<'t>(
     registry: &Registry,
-    tasks: &[Loaded],
+    tasks: &'t [Loaded],
+    roots: &[i32],
     created: &mut Created,
     stats: &mut RestoreStats,
-) -> Result<(), RestoreError> {
-    let own_block = own_vdso_block()?;
+) -> Result<Vec<(Builder, &'t pb::Task)>, RestoreError> {
+    let mut ctx = RestoreCtx::new(registry);
+    let mut builders: Vec<(Builder, &pb::Task)> = Vec::new();
+    let mut drain: Vec<i32> = Vec::new();
     for loaded in tasks {
-        let pid = loaded.task.pid;
+        let task = &loaded.task;
+        let pid = task.pid;
         let _span = info_span!("task", pid).entered();
         let t = Instant::now();
         wait_pid_free(pid)?;
-        let child = puppeteer::fork_stopped(pid)?;
-        created.pids.push(child);
+        let parent = builders
+            .iter_mut()
+            .find(|(b, _)| b.pid == task.ppid && !roots.contains(&pid));
+        match parent {
+            Some((p, _)) if task.zombie => {
+                p.make_zombie(task)?;
+                drain.push(p.pid);
+                continue;
+            }
+            Some((p, _)) => {
+                created.pids.push(pid);
+                p.spawn_child(pid, task.exit_signal)?;
+            }
+            None if task.zombie => {
+                return Err(RestoreError::Incompatible(format!(
+                    "pid {pid} is a zombie whose parent is not in the image"
+                )));
+            }
+            None => {
+                puppeteer::fork_stopped(pid)?;
+                created.pids.push(pid);
+            }
+        }
         stats.create += t.elapsed().as_secs_f64();
-        puppeteer::rebuild(dir, registry, loaded, &own_block, stats)?;
+        let mut b = Builder::start(pid, task)?;
+        b.phase_a(&mut ctx, loaded, stats)?;
+        builders.push((b, task));
     }
-    Ok(())
+    let t = Instant::now();
+    for (b, task) in &mut builders {
+        if drain.contains(&b.pid) {
+            b.drain_sigchld()?;
+        }
+        b.create_threads(task)?;
+    }
+    stats.create += t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    puppeteer::set_groups(&mut builders)?;
+    for (b, task) in &mut builders {
+        b.phase_b(&ctx, task)?;
+    }
+    stats.map += t.elapsed().as_secs_f64();
+    for h in registry.all() {
+        h.restore_finish(true);
+    }
+    Ok(builders)
 }
 
 /// Reads and checks everything before any task is created.
@@ -333,17 +382,18 @@ struct Created {
 }
 
 impl Created {
+    /// Kills every created task and reaps all of crt's children and tracees.
     fn kill_all(&mut self) {
         for &pid in self.pids.iter().rev() {
             // SAFETY: kill has no memory preconditions.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            loop {
-                match ptrace::wait(pid) {
-                    Ok(Stop::Exited(_) | Stop::Signaled(_)) | Err(_) => break,
-                    Ok(Stop::Stopped { .. }) => {}
-                }
-            }
         }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut status = 0;
+        // SAFETY: valid out-pointer; -1 waits for any child or tracee.
+        while unsafe { libc::waitpid(-1, &mut status, libc::__WALL) } > 0
+            && Instant::now() < deadline
+        {}
         self.pids.clear();
     }
 }

@@ -115,7 +115,7 @@ pub fn write_itimers(
             b[off + 8..off + 16].copy_from_slice(&(us % 1_000_000).to_le_bytes());
         };
         put(&mut b, 0, t.interval_us);
-        put(&mut b, 16, t.value_us.max(1));
+        put(&mut b, 16, t.value_us);
         p.write(scratch, &b)?;
         p.call(
             "setitimer",

@@ -190,6 +190,10 @@ pub trait Task {
 
     /// Writes `data` into task memory at `addr` (also into read-only pages).
     fn write_mem(&mut self, addr: u64, data: RSlice<'_, u8>) -> RResult<(), RString>;
+
+    /// A copy, in crt's own fd table, of the task's descriptor `fd`
+    /// (`pidfd_getfd`); the caller owns and must close it.
+    fn take_fd(&mut self, fd: i32) -> RResult<i32, RString>;
 }
 
 /// A borrowed task handle as hooks receive it.
@@ -204,8 +208,8 @@ pub trait Handler: Send + Sync {
     /// Unique, stable name; recorded in images next to each resource it dumped.
     fn name(&self) -> RString;
 
-    /// Version recorded in images; restore refuses an image written by a
-    /// newer major version.
+    /// Version recorded in images (semver); restore refuses an image
+    /// written by a handler of another major version.
     fn version(&self) -> RString;
 
     /// True when this handler takes `fd`.
@@ -253,6 +257,18 @@ pub trait Handler: Send + Sync {
     ) -> RResult<VmaRestore, RString> {
         let _ = (task, vma, blob);
         RErr("this handler does not restore memory areas".into())
+    }
+
+    /// The dump is over (`ok` false when it failed): drop per-dump state,
+    /// resume a quiesced device.
+    fn dump_finish(&self, ok: bool) {
+        let _ = ok;
+    }
+
+    /// The restore is over (`ok` false when it failed): drop per-restore
+    /// state, such as objects created for resources shared by several tasks.
+    fn restore_finish(&self, ok: bool) {
+        let _ = ok;
     }
 }
 

@@ -24,7 +24,13 @@ impl Handler for FileMemory {
     }
 
     fn claims_vma(&self, vma: &VmaDesc) -> bool {
-        vma.ino != 0 && vma.name.starts_with('/') && vma.name.as_str() != "/dev/zero (deleted)"
+        let path = vma.name.as_str();
+        // Regular files only: a mapped device needs a device plugin. A
+        // deleted file is claimed so that the dump can say why it refuses.
+        vma.ino != 0
+            && path.starts_with('/')
+            && path != "/dev/zero (deleted)"
+            && (is_deleted(path) || std::fs::metadata(path).is_ok_and(|m| m.is_file()))
     }
 
     fn dump_vma(&self, _task: TaskRef<'_>, vma: &VmaDesc) -> RResult<VmaDump, RString> {

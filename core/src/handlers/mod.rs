@@ -12,6 +12,7 @@ use crt_plugin_api::{FdDesc, Handler, HandlerBox, Handler_TO, VmaDesc};
 mod chardev;
 mod filemap;
 mod memory;
+mod pipe;
 mod regfile;
 
 /// A built-in handler, registered with `inventory::submit!`.
@@ -67,6 +68,11 @@ impl Registry {
     /// The first handler that claims `vma`.
     pub fn claim_vma(&self, vma: &VmaDesc) -> Option<&HandlerBox> {
         self.handlers.iter().find(|h| h.claims_vma(vma))
+    }
+
+    /// Every handler.
+    pub fn all(&self) -> impl Iterator<Item = &HandlerBox> {
+        self.handlers.iter()
     }
 
     /// The handler called `name`.

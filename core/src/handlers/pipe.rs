@@ -1,0 +1,188 @@
+//! Built-in handler for anonymous pipes, with the bytes buffered in them.
+//!
+//! At dump, the buffered bytes are copied without consuming them: crt
+//! opens a second read end through `/proc/PID/fd/N` and `tee(2)`s the pipe
+//! into a private pipe. The first end of a pipe dumped carries the bytes.
+//! At restore, the first end restored creates the pipe and refills it;
+//! ends not held by any task are closed when the restore finishes.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::Mutex;
+
+use abi_stable::std_types::{RResult, RSlice, RString, RVec};
+use crt_plugin_api::{FdDesc, Handler, TaskRef};
+use prost::Message;
+
+use super::{boxed, Builtin, BUILTIN_VERSION};
+use crate::images::pb;
+
+/// Anonymous pipes (`pipe:[ino]`).
+#[derive(Default)]
+pub struct Pipe {
+    /// Pipes whose bytes are already in the image (dump).
+    dumped: Mutex<HashSet<u64>>,
+    /// Pipes recreated so far: read end, write end (restore).
+    made: Mutex<HashMap<u64, (OwnedFd, OwnedFd)>>,
+}
+
+inventory::submit! { Builtin { priority: 120, make: || boxed(Pipe::default()) } }
+
+fn os_err(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+fn pipe2() -> Result<(OwnedFd, OwnedFd), String> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(os_err("pipe2"));
+    }
+    // SAFETY: fds[0] was just created by pipe2 and is owned here.
+    let r = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: as above, for fds[1].
+    let w = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    Ok((r, w))
+}
+
+fn fcntl(fd: &OwnedFd, cmd: i32, arg: i32) -> Result<i32, String> {
+    // SAFETY: fcntl on an fd we own with an integer argument.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, arg) };
+    if r < 0 {
+        Err(os_err("fcntl"))
+    } else {
+        Ok(r)
+    }
+}
+
+/// The bytes buffered in the pipe behind `/proc/<pid>/fd/<fd>`, left in place.
+fn peek(pid: i32, fd: i32) -> Result<(u32, Vec<u8>), String> {
+    let path = format!("/proc/{pid}/fd/{fd}");
+    let reader: OwnedFd = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| format!("opening {path} to read the pipe's bytes: {e}"))?
+        .into();
+    let size = fcntl(&reader, libc::F_GETPIPE_SZ, 0)?;
+    let (tmp_r, tmp_w) = pipe2()?;
+    fcntl(&tmp_w, libc::F_SETPIPE_SZ, size)?;
+    // SAFETY: tee between two pipe fds we own; no memory is passed.
+    let n = unsafe {
+        libc::tee(
+            reader.as_raw_fd(),
+            tmp_w.as_raw_fd(),
+            size as usize,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            return Ok((size as u32, Vec::new()));
+        }
+        return Err(format!("tee: {e}"));
+    }
+    drop(tmp_w);
+    let mut data = Vec::with_capacity(n as usize);
+    std::fs::File::from(tmp_r)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("reading the copied bytes: {e}"))?;
+    Ok((size as u32, data))
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+impl Handler for Pipe {
+    fn name(&self) -> RString {
+        "pipe".into()
+    }
+
+    fn version(&self) -> RString {
+        BUILTIN_VERSION.into()
+    }
+
+    fn claims_fd(&self, fd: &FdDesc) -> bool {
+        fd.file_type() == libc::S_IFIFO && fd.link.starts_with("pipe:[")
+    }
+
+    fn dump_fd(&self, _task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
+        let first = self
+            .dumped
+            .lock()
+            .map(|mut s| s.insert(fd.ino))
+            .unwrap_or(false);
+        let r = (|| -> Result<Vec<u8>, String> {
+            let (pipe_size, data) = if first {
+                peek(fd.pid, fd.fd)?
+            } else {
+                (0, Vec::new())
+            };
+            let img = pb::PipeEnd {
+                ino: fd.ino,
+                write_end: fd.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32,
+                flags: fd.flags,
+                pipe_size,
+                has_data: first,
+                data,
+            };
+            Ok(img.encode_to_vec())
+        })();
+        r.map(RVec::from).map_err(RString::from).into()
+    }
+
+    fn restore_fd(
+        &self,
+        _task: TaskRef<'_>,
+        _fd: i32,
+        blob: RSlice<'_, u8>,
+    ) -> RResult<i32, RString> {
+        self.restore(blob.as_slice()).map_err(RString::from).into()
+    }
+
+    fn dump_finish(&self, _ok: bool) {
+        if let Ok(mut s) = self.dumped.lock() {
+            s.clear();
+        }
+    }
+
+    fn restore_finish(&self, _ok: bool) {
+        if let Ok(mut m) = self.made.lock() {
+            m.clear();
+        }
+    }
+}
+
+impl Pipe {
+    fn restore(&self, blob: &[u8]) -> Result<i32, String> {
+        let img = pb::PipeEnd::decode(blob).map_err(|e| format!("corrupt pipe record: {e}"))?;
+        let mut made = self
+            .made
+            .lock()
+            .map_err(|_| "pipe state poisoned".to_string())?;
+        let (r, w) = match made.entry(img.ino) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let (r, w) = pipe2()?;
+                if img.pipe_size > 0 {
+                    fcntl(&w, libc::F_SETPIPE_SZ, img.pipe_size as i32)?;
+                }
+                e.insert((r, w))
+            }
+        };
+        let (r, w) = (&*r, &*w);
+        if img.has_data && !img.data.is_empty() {
+            let mut f = std::fs::File::from(w.try_clone().map_err(|e| format!("dup: {e}"))?);
+            f.write_all(&img.data)
+                .map_err(|e| format!("refilling the pipe with {} bytes: {e}", img.data.len()))?;
+        }
+        let end = if img.write_end { w } else { r };
+        let status = img.flags as i32 & (libc::O_NONBLOCK | libc::O_DIRECT);
+        fcntl(end, libc::F_SETFL, status)?;
+        Ok(end
+            .try_clone()
+            .map_err(|e| format!("dup: {e}"))?
+            .into_raw_fd())
+    }
+}

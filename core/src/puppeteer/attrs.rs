@@ -1,0 +1,237 @@
+//! Process attributes (phase A: cwd, umask, name, personality) and
+//! phase B: signals, per-thread state, credentials, registers.
+
+use tracing::warn;
+
+use super::{Builder, RestoreCtx, SCRATCH_LEN, S_ARG};
+use crate::images::pb;
+use crate::procfs;
+use crate::ptrace;
+use crate::puppet::Puppet;
+use crate::restore::RestoreError;
+use crate::task_state;
+
+/// crt's own signal actions: what every task it creates starts with.
+pub fn own_sigactions() -> Vec<pb::SigAction> {
+    (1..=task_state::NSIG)
+        .map(|signo| {
+            let mut b = [0u64; 4];
+            // SAFETY: a null new action and a 32-byte out buffer, as the
+            // kernel's rt_sigaction expects with sigsetsize 8.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signo,
+                    0usize,
+                    b.as_mut_ptr(),
+                    8usize,
+                )
+            };
+            if r != 0 {
+                b = [0; 4];
+            }
+            pb::SigAction {
+                signo,
+                handler: b[0],
+                flags: b[1],
+                restorer: b[2],
+                mask: b[3],
+            }
+        })
+        .collect()
+}
+
+impl Builder {
+    /// cwd, umask, name, personality.
+    pub(super) fn set_attributes(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
+        let mut cwd = task.cwd.clone().into_bytes();
+        cwd.push(0);
+        self.p.write(self.scratch + S_ARG, &cwd)?;
+        self.p.call(
+            "chdir",
+            libc::SYS_chdir,
+            [self.scratch + S_ARG, 0, 0, 0, 0, 0],
+        )?;
+        self.p.call(
+            "umask",
+            libc::SYS_umask,
+            [u64::from(task.umask), 0, 0, 0, 0, 0],
+        )?;
+        let mut comm = task.comm.clone().into_bytes();
+        comm.truncate(15);
+        comm.push(0);
+        self.p.write(self.scratch + S_ARG, &comm)?;
+        self.p.call(
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            [libc::PR_SET_NAME as u64, self.scratch + S_ARG, 0, 0, 0, 0],
+        )?;
+        if procfs::personality(self.pid)? != task.personality {
+            self.p.call(
+                "personality",
+                libc::SYS_personality,
+                [u64::from(task.personality), 0, 0, 0, 0, 0],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Signal actions (where they differ from crt's), masks, timers and
+    /// pending signals.
+    pub(super) fn set_signals(
+        &mut self,
+        ctx: &RestoreCtx<'_>,
+        task: &pb::Task,
+    ) -> Result<(), RestoreError> {
+        let changed: Vec<pb::SigAction> = task
+            .sigactions
+            .iter()
+            .filter(|a| ctx.baseline.get((a.signo as usize).wrapping_sub(1)) != Some(*a))
+            .cloned()
+            .collect();
+        task_state::write_sigactions(&mut self.p, self.scratch + S_ARG, &changed)?;
+        ptrace::set_sigmask(self.pid, task.threads[0].sigmask)?;
+        for (t, img) in self.threads.iter().zip(task.threads.iter().skip(1)) {
+            ptrace::set_sigmask(t.tid(), img.sigmask)?;
+        }
+        task_state::write_itimers(&mut self.p, self.scratch + S_ARG, &task.itimers)?;
+        let pid = self.pid as u64;
+        let queue = task.shared_pending.iter().map(|i| (None, i)).chain(
+            task.threads
+                .iter()
+                .flat_map(|t| t.pending.iter().map(move |i| (Some(t.tid), i))),
+        );
+        for (tid, info) in queue {
+            if info.raw.len() != ptrace::SIGINFO_LEN {
+                continue;
+            }
+            let signo = u64::from(u32::from_le_bytes([
+                info.raw[0],
+                info.raw[1],
+                info.raw[2],
+                info.raw[3],
+            ]));
+            self.p.write(self.scratch + S_ARG, &info.raw)?;
+            match tid {
+                None => self.p.call(
+                    "rt_sigqueueinfo",
+                    libc::SYS_rt_sigqueueinfo,
+                    [pid, signo, self.scratch + S_ARG, 0, 0, 0],
+                )?,
+                Some(tid) => self.p.call(
+                    "rt_tgsigqueueinfo",
+                    libc::SYS_rt_tgsigqueueinfo,
+                    [pid, tid as u64, signo, self.scratch + S_ARG, 0, 0],
+                )?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Per thread, from inside it: clear-child-tid address, alternate
+    /// signal stack, rseq registration.
+    pub(super) fn set_thread_state(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
+        let scratch = self.scratch + S_ARG;
+        let threads = std::iter::once(&mut self.p).chain(self.threads.iter_mut());
+        for (p, img) in threads.zip(&task.threads) {
+            thread_state(p, img, scratch)?;
+        }
+        Ok(())
+    }
+
+    /// Groups, gids, uids in every thread — last, as they may drop the
+    /// privileges crt needs.
+    pub(super) fn set_creds(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
+        let Some(c) = &task.creds else { return Ok(()) };
+        let st = procfs::status(self.pid)?;
+        if st.groups == c.groups && st.gids == c.gids && st.uids == c.uids {
+            return Ok(());
+        }
+        let scratch = self.scratch + S_ARG;
+        let g: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let threads: Vec<&mut Puppet> = std::iter::once(&mut self.p)
+            .chain(self.threads.iter_mut())
+            .collect();
+        for p in threads {
+            p.write(scratch, &g)?;
+            p.call(
+                "setgroups",
+                libc::SYS_setgroups,
+                [c.groups.len() as u64, scratch, 0, 0, 0, 0],
+            )?;
+            if c.gids.len() == 4 {
+                let [r, e, s, _] = [c.gids[0], c.gids[1], c.gids[2], c.gids[3]].map(u64::from);
+                p.call("setresgid", libc::SYS_setresgid, [r, e, s, 0, 0, 0])?;
+            }
+            if c.uids.len() == 4 {
+                let [r, e, s, _] = [c.uids[0], c.uids[1], c.uids[2], c.uids[3]].map(u64::from);
+                p.call("setresuid", libc::SYS_setresuid, [r, e, s, 0, 0, 0])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops scratch and crt's pidfd, then loads every thread's registers.
+    pub(super) fn finish(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
+        let t = self.remote_pidfd;
+        self.close_remote(t)?;
+        self.p.call(
+            "munmap(scratch)",
+            libc::SYS_munmap,
+            [self.scratch, SCRATCH_LEN, 0, 0, 0, 0],
+        )?;
+        let tids = std::iter::once(self.pid).chain(self.threads.iter().map(Puppet::tid));
+        for (tid, img) in tids.zip(&task.threads) {
+            let Some(mut regs) = ptrace::regs_from_bytes(&img.regs) else {
+                unreachable!("check_task verified the size")
+            };
+            task_state::restart_fixup(&mut regs);
+            ptrace::set_xsave(tid, &img.xsave)?;
+            ptrace::set_regs(tid, &regs)?;
+        }
+        Ok(())
+    }
+}
+
+fn thread_state(p: &mut Puppet, img: &pb::Thread, scratch: u64) -> Result<(), RestoreError> {
+    p.call(
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        [img.clear_child_tid, 0, 0, 0, 0, 0],
+    )?;
+    let alt = img.altstack.unwrap_or(pb::SigAltStack {
+        sp: 0,
+        flags: libc::SS_DISABLE,
+        size: 0,
+    });
+    let mut b = Vec::with_capacity(24);
+    let flags = if alt.flags & libc::SS_DISABLE != 0 {
+        libc::SS_DISABLE
+    } else {
+        alt.flags & !libc::SS_ONSTACK
+    };
+    b.extend_from_slice(&alt.sp.to_le_bytes());
+    b.extend_from_slice(&(flags as u64).to_le_bytes());
+    b.extend_from_slice(&alt.size.to_le_bytes());
+    p.write(scratch, &b)?;
+    let r = p.syscall_raw(
+        "sigaltstack",
+        libc::SYS_sigaltstack,
+        [scratch, 0, 0, 0, 0, 0],
+    )?;
+    if r < 0 {
+        warn!(
+            tid = p.tid(),
+            "sigaltstack: {}",
+            std::io::Error::from_raw_os_error(-r as i32)
+        );
+    }
+    if let Some(r) = &img.rseq {
+        p.call(
+            "rseq",
+            libc::SYS_rseq,
+            [r.ptr, u64::from(r.size), 0, u64::from(r.signature), 0, 0],
+        )?;
+    }
+    Ok(())
+}

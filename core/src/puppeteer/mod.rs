@@ -1,0 +1,613 @@
+//! The puppeteer: building tasks from outside.
+//!
+//! A root is created by crt ([`fork_stopped`]); every other process by its
+//! restored parent ([`Builder::spawn_child`], an injected `clone3` with
+//! `set_tid`), threads by their process ([`Builder::create_threads`]). Each
+//! new process is a copy of its creator, which a [`Builder`] turns into the
+//! dumped process with syscalls injected through its vdso
+//! (see `docs/internals.md`):
+//!
+//! *phase A* ([`Builder::phase_a`]): rseq off → crt's pidfd parked,
+//! inherited fds closed → address space emptied → vdso moved → scratch →
+//! memory areas → pages → mm fields → rlimits → fds → cwd, umask, name,
+//! session; then its children are created from it;
+//! *phase B* ([`Builder::phase_b`]), once the whole forest exists: signal
+//! actions, masks, timers, pending signals → per-thread tid address,
+//! altstack, rseq → credentials → registers.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use crt_plugin_api::VmaDesc;
+use tracing::{debug, info_span, warn};
+
+use crate::handlers::Registry;
+use crate::images::{pb, ImageDir, ImageError, PAGE_SIZE};
+use crate::procfs::{self, MapsEntry};
+use crate::ptrace::{self, Stop};
+use crate::puppet::{self, Puppet};
+use crate::restore::{RestoreError, RestoreStats};
+use crate::task_state;
+
+mod attrs;
+mod files;
+mod memory;
+
+/// One task's images, read and checked.
+#[derive(Debug)]
+pub struct Loaded {
+    /// `task-<pid>.img`.
+    pub task: pb::Task,
+    /// `pagemap-<pid>.img`.
+    pub pagemap: pb::PageMap,
+    /// `pages-<pid>.img`, header checked.
+    pub pages: File,
+}
+
+/// Scratch memory crt maps inside a task while building it.
+const SCRATCH_LEN: u64 = 16 * PAGE_SIZE;
+/// Offsets inside the scratch area: small arguments, the auxv, clone_args.
+const S_ARG: u64 = 1024;
+const S_AUXV: u64 = 2048;
+const S_CLONE: u64 = 4096;
+/// Lowest address crt maps its scratch area at.
+const SCRATCH_FLOOR: u64 = 0x10_0000;
+
+/// Consistency checks of a task image against this machine.
+pub fn check_task(dir: &ImageDir, task: &pb::Task, own: &[MapsEntry]) -> Result<(), RestoreError> {
+    let invalid = |what: String| -> RestoreError {
+        ImageError::Invalid {
+            path: dir.task_path(task.pid),
+            what,
+        }
+        .into()
+    };
+    let mm = task
+        .mm
+        .as_ref()
+        .ok_or_else(|| invalid("no mm state".into()))?;
+    if task.threads.is_empty() {
+        return Err(invalid("no threads".into()));
+    }
+    if mm.vdso_block.len() != own.len() {
+        return Err(invalid(format!(
+            "vdso block has {} mappings, this kernel has {}",
+            mm.vdso_block.len(),
+            own.len()
+        )));
+    }
+    for (i, (img, mine)) in mm.vdso_block.iter().zip(own).enumerate() {
+        let same_size = img.end - img.start == mine.end - mine.start;
+        let same_off =
+            img.start.wrapping_sub(mm.vdso_block[0].start) == mine.start.wrapping_sub(own[0].start);
+        if img.name != mine.name || !same_size || !same_off {
+            return Err(invalid(format!(
+                "vdso mapping {i} ({}, {} bytes) differs from this kernel's ({}, {} bytes)",
+                img.name,
+                img.end - img.start,
+                mine.name,
+                mine.end - mine.start
+            )));
+        }
+    }
+    for t in &task.threads {
+        if ptrace::regs_from_bytes(&t.regs).is_none() {
+            return Err(invalid(format!(
+                "thread {}: registers have the wrong size",
+                t.tid
+            )));
+        }
+    }
+    let mut last_end = 0;
+    for v in &task.vmas {
+        if v.start >= v.end
+            || v.start < last_end
+            || v.start % PAGE_SIZE != 0
+            || v.end % PAGE_SIZE != 0
+        {
+            return Err(invalid(format!(
+                "memory area {:#x}-{:#x} is malformed or out of order",
+                v.start, v.end
+            )));
+        }
+        last_end = v.end;
+    }
+    Ok(())
+}
+
+/// Tasks die with crt; children and threads they are made to create are
+/// traced from birth.
+const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
+    | libc::PTRACE_O_TRACEFORK
+    | libc::PTRACE_O_TRACECLONE
+    | libc::PTRACE_O_TRACEVFORK;
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Creates a child of crt with pid `pid` that stops itself under ptrace.
+pub fn fork_stopped(pid: i32) -> Result<i32, RestoreError> {
+    let tids = [pid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tids.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: `args` is a valid clone_args; `set_tid` points at `tids`,
+    // alive across the call. Without CLONE_VM the child gets a copy of our
+    // memory and continues below like after fork().
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            size_of::<CloneArgs>(),
+        )
+    };
+    if r == 0 {
+        // Child: only raw syscalls (glibc's cached tid is the parent's here).
+        // The parent takes over from the SIGSTOP and never lets it return.
+        // SAFETY: PTRACE_TRACEME takes no pointers.
+        unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0) };
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::syscall(libc::SYS_getpid) };
+        // SAFETY: kill has no memory preconditions.
+        unsafe { libc::syscall(libc::SYS_kill, me, libc::SIGSTOP) };
+        // SAFETY: exit_group has no preconditions.
+        unsafe { libc::syscall(libc::SYS_exit_group, 127) };
+    }
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EEXIST) {
+            let stat = procfs::stat(pid).unwrap_or_default();
+            return Err(RestoreError::PidBusy {
+                pid,
+                comm: stat.comm,
+                state: stat.state,
+            });
+        }
+        return Err(RestoreError::Clone { pid, source: e });
+    }
+    let child = r as i32;
+    match ptrace::wait(child)? {
+        Stop::Stopped { sig, .. } if sig == libc::SIGSTOP => {}
+        other => {
+            return Err(RestoreError::step(
+                pid,
+                "waiting for the new task to stop",
+                std::io::Error::other(format!("{other:?}")),
+            ))
+        }
+    }
+    ptrace::set_options(child, TRACE_OPTIONS)?;
+    Ok(child)
+}
+
+/// State shared by every task of one restore.
+pub struct RestoreCtx<'a> {
+    /// The handlers.
+    pub registry: &'a Registry,
+    /// Open file descriptions already recreated, by image file id.
+    files: HashMap<u32, OwnedFd>,
+    /// Shared anonymous memory objects already created, by inode: where.
+    shmem: HashMap<u64, (i32, u64, u64)>,
+    /// crt's own signal actions, which every new task starts with.
+    baseline: Vec<pb::SigAction>,
+}
+
+impl<'a> RestoreCtx<'a> {
+    /// A context for one restore.
+    pub fn new(registry: &'a Registry) -> Self {
+        Self {
+            registry,
+            files: HashMap::new(),
+            shmem: HashMap::new(),
+            baseline: attrs::own_sigactions(),
+        }
+    }
+}
+
+impl CloneArgs {
+    fn to_bytes(&self) -> Vec<u8> {
+        [
+            self.flags,
+            self.pidfd,
+            self.child_tid,
+            self.parent_tid,
+            self.exit_signal,
+            self.stack,
+            self.stack_size,
+            self.tls,
+            self.set_tid,
+            self.set_tid_size,
+            self.cgroup,
+        ]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect()
+    }
+}
+
+/// State while rebuilding one process.
+pub struct Builder {
+    /// The process.
+    pub pid: i32,
+    /// Its main thread.
+    p: Puppet,
+    /// Its other threads, once created.
+    threads: Vec<Puppet>,
+    /// A pidfd of crt, open inside the task: the task pulls the fds crt
+    /// prepared with `pidfd_getfd` (one injected syscall per fd).
+    remote_pidfd: u64,
+    scratch: u64,
+}
+
+fn step<E: std::error::Error + Send + Sync + 'static>(
+    pid: i32,
+    what: &str,
+) -> impl FnOnce(E) -> RestoreError + '_ {
+    move |e| RestoreError::step(pid, what.to_string(), e)
+}
+
+fn other(pid: i32, what: impl Into<String>, msg: String) -> RestoreError {
+    RestoreError::step(pid, what, std::io::Error::other(msg))
+}
+
+impl Builder {
+    /// Takes over the stopped new process `pid` (a copy of its creator).
+    pub fn start(pid: i32, task: &pb::Task) -> Result<Self, RestoreError> {
+        let regs = ptrace::get_regs(pid)?;
+        let gadget = puppet::find_gadget(pid)?;
+        let mut p = Puppet::new(pid, regs, gadget);
+        let me = u64::from(std::process::id());
+        let remote_pidfd = p.call("pidfd_open(crt)", libc::SYS_pidfd_open, [me, 0, 0, 0, 0, 0])?;
+        if task.sid == pid {
+            // A session leader: before it creates any child.
+            p.call("setsid", libc::SYS_setsid, [0; 6])?;
+        }
+        Ok(Self {
+            pid,
+            p,
+            threads: Vec::new(),
+            remote_pidfd,
+            scratch: 0,
+        })
+    }
+
+    /// Phase A: everything but signals, rseq, credentials and registers.
+    pub fn phase_a(
+        &mut self,
+        ctx: &mut RestoreCtx<'_>,
+        loaded: &Loaded,
+        stats: &mut RestoreStats,
+    ) -> Result<(), RestoreError> {
+        let task = &loaded.task;
+        let Some(mm) = task.mm.as_ref() else {
+            unreachable!("check_task verified mm")
+        };
+        let t = Instant::now();
+        self.unregister_rseq()?;
+        self.park_pidfd(task)?;
+        self.empty_address_space()?;
+        self.move_vdso(mm)?;
+        self.map_scratch(task, mm)?;
+        self.map_areas(ctx, task)?;
+        stats.map += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        {
+            let _s = info_span!("fill").entered();
+            stats.page_bytes += self.fill(loaded)?;
+        }
+        stats.fill += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        self.set_mm(mm)?;
+        task_state::write_rlimits(self.pid, &task.rlimits)
+            .map_err(step(self.pid, "setting rlimits"))?;
+        self.install_fds(ctx, task)?;
+        self.set_attributes(task)?;
+        stats.map += t.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Phase B, once the forest exists: signals, per-thread state,
+    /// credentials, registers.
+    pub fn phase_b(&mut self, ctx: &RestoreCtx<'_>, task: &pb::Task) -> Result<(), RestoreError> {
+        self.set_signals(ctx, task)?;
+        self.set_thread_state(task)?;
+        self.set_creds(task)?;
+        self.finish(task)?;
+        debug!(pid = self.pid, injected = self.p.injected(), "task rebuilt");
+        Ok(())
+    }
+
+    fn unregister_rseq(&mut self) -> Result<(), RestoreError> {
+        if let Some(r) = ptrace::rseq_config(self.pid)? {
+            const RSEQ_FLAG_UNREGISTER: u64 = 1;
+            self.p.call(
+                "rseq(UNREGISTER)",
+                libc::SYS_rseq,
+                [
+                    r.ptr,
+                    u64::from(r.size),
+                    RSEQ_FLAG_UNREGISTER,
+                    u64::from(r.signature),
+                    0,
+                    0,
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Moves crt's pidfd above every fd the image uses and closes the rest
+    /// of the fds the task inherited from crt.
+    fn park_pidfd(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
+        let max_fd = task.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) as u64;
+        if let Some(l) = task
+            .rlimits
+            .iter()
+            .find(|l| l.resource == libc::RLIMIT_NOFILE)
+        {
+            task_state::write_rlimits(self.pid, std::slice::from_ref(l))
+                .map_err(step(self.pid, "raising RLIMIT_NOFILE"))?;
+        }
+        let t = self.p.call(
+            "fcntl(F_DUPFD_CLOEXEC)",
+            libc::SYS_fcntl,
+            [
+                self.remote_pidfd,
+                libc::F_DUPFD_CLOEXEC as u64,
+                max_fd + 1,
+                0,
+                0,
+                0,
+            ],
+        )?;
+        self.p
+            .call("close_range", libc::SYS_close_range, [0, t - 1, 0, 0, 0, 0])?;
+        self.p.call(
+            "close_range",
+            libc::SYS_close_range,
+            [t + 1, u64::from(u32::MAX), 0, 0, 0, 0],
+        )?;
+        self.remote_pidfd = t;
+        Ok(())
+    }
+
+    /// Hands `fd` (crt's) to the task and returns its number there
+    /// (close-on-exec, lowest free number).
+    fn install(&mut self, fd: OwnedFd) -> Result<u64, RestoreError> {
+        let got = self.p.call(
+            "pidfd_getfd",
+            libc::SYS_pidfd_getfd,
+            [self.remote_pidfd, fd.as_raw_fd() as u64, 0, 0, 0, 0],
+        )?;
+        drop(fd);
+        Ok(got)
+    }
+
+    fn close_remote(&mut self, fd: u64) -> Result<(), RestoreError> {
+        self.p.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        Ok(())
+    }
+
+    /// Runs `clone3` in this process with `args`; the new task starts
+    /// traced and stopped. Returns once it has reported its stop.
+    fn clone3(
+        &mut self,
+        what: &'static str,
+        want: i32,
+        mut args: CloneArgs,
+    ) -> Result<(), RestoreError> {
+        let at = self.scratch + S_CLONE;
+        self.p.write(at + 128, &want.to_le_bytes())?;
+        args.set_tid = at + 128;
+        args.set_tid_size = 1;
+        let bytes = args.to_bytes();
+        self.p.write(at, &bytes)?;
+        let r = self
+            .p
+            .syscall_raw(what, libc::SYS_clone3, [at, bytes.len() as u64, 0, 0, 0, 0])?;
+        if r == -i64::from(libc::EEXIST) {
+            let stat = procfs::stat(want).unwrap_or_default();
+            return Err(RestoreError::PidBusy {
+                pid: want,
+                comm: stat.comm,
+                state: stat.state,
+            });
+        }
+        if r != i64::from(want) {
+            return Err(other(
+                self.pid,
+                format!("{what} for {want}"),
+                format!("clone3 returned {r}"),
+            ));
+        }
+        loop {
+            match ptrace::wait(want)? {
+                Stop::Stopped { sig, .. } if sig == libc::SIGSTOP => return Ok(()),
+                Stop::Stopped { .. } => ptrace::cont(want, 0)?,
+                s => {
+                    return Err(other(
+                        want,
+                        "waiting for the new task to stop",
+                        format!("{s:?}"),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Creates child process `pid` of this process (it starts as a copy).
+    pub fn spawn_child(&mut self, pid: i32, exit_signal: i32) -> Result<(), RestoreError> {
+        let args = CloneArgs {
+            exit_signal: exit_signal as u64,
+            ..Default::default()
+        };
+        self.clone3("clone3(child)", pid, args)
+    }
+
+    /// Creates child `pid` and makes it end as it had ended: a zombie
+    /// this process has not reaped yet.
+    pub fn make_zombie(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
+        let pid = task.pid;
+        self.spawn_child(pid, task.exit_signal)?;
+        let mut regs = ptrace::get_regs(pid)?;
+        regs.rip = self.p.gadget();
+        regs.orig_rax = u64::MAX;
+        let status = task.exit_code;
+        if status & 0x7f == 0 {
+            regs.rax = libc::SYS_exit_group as u64;
+            regs.rdi = ((status >> 8) & 0xff) as u64;
+        } else {
+            let sig = (status & 0x7f) as u64;
+            // A default action and no core file: it dies of `sig`, quietly.
+            let mut child = Puppet::new(pid, regs, self.p.gadget());
+            child.write(self.scratch + S_ARG, &[0u8; 32])?;
+            child.call(
+                "rt_sigaction",
+                libc::SYS_rt_sigaction,
+                [sig, self.scratch + S_ARG, 0, 8, 0, 0],
+            )?;
+            let no_core = [pb::Rlimit {
+                resource: libc::RLIMIT_CORE,
+                cur: 0,
+                max: 0,
+            }];
+            task_state::write_rlimits(pid, &no_core).map_err(step(pid, "zombie: RLIMIT_CORE"))?;
+            regs.rax = libc::SYS_kill as u64;
+            regs.rdi = pid as u64;
+            regs.rsi = sig;
+        }
+        ptrace::set_regs(pid, &regs)?;
+        ptrace::detach(pid, 0)?;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while procfs::stat(pid).map(|s| s.state).unwrap_or('Z') != 'Z' {
+            if Instant::now() > deadline {
+                return Err(other(pid, "making the zombie", "it did not exit".into()));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Takes SIGCHLDs that crt's own work (zombies) queued off this process.
+    pub fn drain_sigchld(&mut self) -> Result<(), RestoreError> {
+        let set = self.scratch + S_ARG;
+        let zero = self.scratch + S_ARG + 64;
+        self.p
+            .write(set, &(1u64 << (libc::SIGCHLD - 1)).to_le_bytes())?;
+        self.p.write(zero, &[0u8; 16])?;
+        while self.p.syscall_raw(
+            "rt_sigtimedwait",
+            libc::SYS_rt_sigtimedwait,
+            [set, 0, zero, 8, 0, 0],
+        )? > 0
+        {}
+        Ok(())
+    }
+
+    /// Creates the process's other threads with their tids.
+    pub fn create_threads(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
+        for t in task.threads.iter().skip(1) {
+            let args = CloneArgs {
+                flags: (libc::CLONE_VM
+                    | libc::CLONE_FS
+                    | libc::CLONE_FILES
+                    | libc::CLONE_SIGHAND
+                    | libc::CLONE_THREAD
+                    | libc::CLONE_SYSVSEM) as u64,
+                ..Default::default()
+            };
+            self.clone3("clone3(thread)", t.tid, args)?;
+            let regs = ptrace::get_regs(t.tid)?;
+            self.threads.push(Puppet::new(t.tid, regs, self.p.gadget()));
+        }
+        Ok(())
+    }
+
+    /// Joins the dumped process group (leaders first: see [`set_groups`]).
+    fn set_pgid(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
+        let pid = self.pid;
+        if task.sid == pid {
+            return Ok(());
+        }
+        let st = procfs::stat(pid)?;
+        if st.pgrp == task.pgid {
+            return Ok(());
+        }
+        let target = if task.pgid == pid {
+            0
+        } else {
+            task.pgid as u64
+        };
+        let r = self
+            .p
+            .syscall_raw("setpgid", libc::SYS_setpgid, [0, target, 0, 0, 0, 0])?;
+        if r < 0 {
+            warn!(
+                pid,
+                "cannot join process group {} ({}); staying in {}",
+                task.pgid,
+                std::io::Error::from_raw_os_error(-r as i32),
+                st.pgrp
+            );
+        }
+        Ok(())
+    }
+
+    /// Releases every thread: the process runs (or stops, if it was stopped).
+    pub fn resume(&self, task: &pb::Task) -> Result<(), RestoreError> {
+        let sig = if task.stopped { libc::SIGSTOP } else { 0 };
+        ptrace::detach(self.pid, sig)?;
+        for t in &self.threads {
+            ptrace::detach(t.tid(), 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Process groups: leaders create theirs first, then members join.
+pub fn set_groups(builders: &mut [(Builder, &pb::Task)]) -> Result<(), RestoreError> {
+    for leaders_first in [true, false] {
+        for (b, task) in builders.iter_mut() {
+            if (task.pgid == task.pid) == leaders_first {
+                b.set_pgid(task)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The handler-facing description of an image's memory area.
+fn image_vma_desc(pid: i32, v: &pb::Vma) -> VmaDesc {
+    VmaDesc {
+        pid,
+        start: v.start,
+        end: v.end,
+        prot: v.prot,
+        shared: v.flags & libc::MAP_SHARED as u32 != 0,
+        pgoff: v.pgoff,
+        name: v.name.as_str().into(),
+        dev: v.dev,
+        ino: v.ino,
+        vm_flags: v.vm_flags.join(" ").into(),
+    }
+}

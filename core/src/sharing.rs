@@ -1,0 +1,125 @@
+//! Resources shared between fds and tasks: open file descriptions (found
+//! with `kcmp(KCMP_FILE)`), and pipes/sockets held by processes outside the
+//! forest (which crt refuses to dump).
+
+use std::collections::HashMap;
+
+use crate::procfs;
+
+const KCMP_FILE: i32 = 0;
+const KCMP_VM: i32 = 1;
+const KCMP_FILES: i32 = 2;
+const KCMP_FS: i32 = 3;
+const KCMP_SIGHAND: i32 = 4;
+
+fn kcmp(pid1: i32, pid2: i32, kind: i32, a: u64, b: u64) -> Option<i64> {
+    // SAFETY: kcmp takes integers only.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, a, b) };
+    (r >= 0).then_some(r)
+}
+
+/// An fd already given an id: pid, fd number, id.
+type Seen = (i32, i32, u32);
+
+/// Assigns one id per open file description across the forest.
+#[derive(Debug, Default)]
+pub struct FileIds {
+    seen: HashMap<(u64, u64), Vec<Seen>>,
+    next: u32,
+}
+
+impl FileIds {
+    /// The id of `pid`'s fd `fd` (file `dev`/`ino`), and whether an earlier
+    /// fd already holds the same open file description.
+    pub fn id(&mut self, pid: i32, fd: i32, dev: u64, ino: u64) -> (u32, bool) {
+        let list = self.seen.entry((dev, ino)).or_default();
+        for &(p, f, id) in list.iter() {
+            if kcmp(pid, p, KCMP_FILE, fd as u64, f as u64) == Some(0) {
+                list.push((pid, fd, id));
+                return (id, true);
+            }
+        }
+        self.next += 1;
+        list.push((pid, fd, self.next));
+        (self.next, false)
+    }
+}
+
+/// Kernel objects two processes can share by `clone` flags.
+pub fn shared_with_parent(pid: i32, ppid: i32) -> Option<&'static str> {
+    for (kind, what) in [
+        (KCMP_VM, "its address space (CLONE_VM / vfork)"),
+        (KCMP_FILES, "its fd table (CLONE_FILES)"),
+        (KCMP_FS, "its cwd/root/umask (CLONE_FS)"),
+        (KCMP_SIGHAND, "its signal handlers (CLONE_SIGHAND)"),
+    ] {
+        if kcmp(pid, ppid, kind, 0, 0) == Some(0) {
+            return Some(what);
+        }
+    }
+    None
+}
+
+/// A pipe or socket of the forest that a process outside it also holds.
+#[derive(Debug, Clone)]
+pub struct OutsideHolder {
+    /// Forest side.
+    pub pid: i32,
+    /// Its fd.
+    pub fd: i32,
+    /// The object (`pipe:[123]`).
+    pub link: String,
+    /// The outside process.
+    pub other_pid: i32,
+    /// Its command name.
+    pub other_comm: String,
+    /// Its fd.
+    pub other_fd: i32,
+}
+
+/// Looks through every other process's fds for the forest's pipes and sockets.
+pub fn find_outside_holders(
+    objects: &[(i32, i32, String)],
+    forest: &[i32],
+) -> Option<OutsideHolder> {
+    if objects.is_empty() {
+        return None;
+    }
+    let wanted: HashMap<&str, (i32, i32)> = objects
+        .iter()
+        .map(|(p, f, l)| (l.as_str(), (*p, *f)))
+        .collect();
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return None;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == me || forest.contains(&pid) {
+            continue;
+        }
+        let Ok(fds) = procfs::fds(pid) else { continue };
+        for fd in fds {
+            let Ok(link) = procfs::link(pid, &format!("fd/{fd}")) else {
+                continue;
+            };
+            if let Some(&(p, f)) = wanted.get(link.as_str()) {
+                return Some(OutsideHolder {
+                    pid: p,
+                    fd: f,
+                    link,
+                    other_pid: pid,
+                    other_comm: procfs::stat(pid).map(|s| s.comm).unwrap_or_default(),
+                    other_fd: fd,
+                });
+            }
+        }
+    }
+    None
+}
