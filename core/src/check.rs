@@ -24,84 +24,24 @@ fn errno() -> String {
 /// Runs every probe.
 pub fn run() -> Vec<Feature> {
     vec![
-        feature(
-            "ptrace-seize",
-            true,
-            "freeze tasks without stopping them visibly",
-            probe_seize(),
-        ),
-        feature(
-            "clone3-set-tid",
-            true,
-            "recreate tasks with their pids",
-            probe_set_tid(),
-        ),
-        feature(
-            "pagemap-scan",
-            true,
-            "find present pages fast (PAGEMAP_SCAN)",
-            probe_pagemap_scan(),
-        ),
-        feature(
-            "pidfd-getfd",
-            true,
-            "pass fds into tasks being restored",
-            probe_pidfd_getfd(),
-        ),
-        feature(
-            "prctl-mm-map",
-            true,
-            "restore mm fields and /proc/PID/exe",
-            probe_mm_map(),
-        ),
-        feature(
-            "process-vm",
-            true,
-            "copy pages in and out",
-            probe_process_vm(),
-        ),
-        feature(
-            "vdso-layout",
-            true,
-            "reuse the kernel's vdso at the dumped address",
-            probe_vdso(),
-        ),
-        feature(
-            "rseq-config",
-            true,
-            "restore rseq registrations",
-            probe_rseq(),
-        ),
+        feature("ptrace-seize", true, "freeze tasks without stopping them visibly", probe_seize()),
+        feature("clone3-set-tid", true, "recreate tasks with their pids", probe_set_tid()),
+        feature("pagemap-scan", true, "find present pages fast (PAGEMAP_SCAN)", probe_pagemap_scan()),
+        feature("pidfd-getfd", true, "pass fds into tasks being restored", probe_pidfd_getfd()),
+        feature("prctl-mm-map", true, "restore mm fields and /proc/PID/exe", probe_mm_map()),
+        feature("process-vm", true, "copy pages in and out", probe_process_vm()),
+        feature("vdso-layout", true, "reuse the kernel's vdso at the dumped address", probe_vdso()),
+        feature("rseq-config", true, "restore rseq registrations", probe_rseq()),
         feature("kcmp", false, "find shared file descriptions", probe_kcmp()),
-        feature(
-            "unix-diag",
-            false,
-            "find unix socket peers",
-            probe_unix_diag(),
-        ),
+        feature("unix-diag", false, "find unix socket peers", probe_unix_diag()),
         feature("aio", false, "AIO rings (plugin)", probe_aio()),
-        feature(
-            "userfaultfd",
-            false,
-            "dirty-page tracking, lazy restore",
-            probe_uffd(),
-        ),
+        feature("userfaultfd", false, "dirty-page tracking, lazy restore", probe_uffd()),
         feature("kvm", false, "KVM device plugin", probe_kvm()),
     ]
 }
 
-fn feature(
-    name: &'static str,
-    required: bool,
-    purpose: &'static str,
-    result: Result<String, String>,
-) -> Feature {
-    Feature {
-        name,
-        required,
-        purpose,
-        result,
-    }
+fn feature(name: &'static str, required: bool, purpose: &'static str, result: Result<String, String>) -> Feature {
+    Feature { name, required, purpose, result }
 }
 
 /// Forks a child that sleeps; returns its pid. The caller kills and reaps it.
@@ -140,9 +80,7 @@ fn with_seized<T>(f: impl FnOnce(i32) -> Result<T, String>) -> Result<T, String>
 
 fn probe_seize() -> Result<String, String> {
     with_seized(|pid| {
-        crate::ptrace::get_xsave(pid)
-            .map(|x| format!("XSAVE area {} bytes", x.len()))
-            .map_err(|e| e.to_string())
+        crate::ptrace::get_xsave(pid).map(|x| format!("XSAVE area {} bytes", x.len())).map_err(|e| e.to_string())
     })
 }
 
@@ -158,9 +96,7 @@ fn probe_rseq() -> Result<String, String> {
 }
 
 fn probe_set_tid() -> Result<String, String> {
-    let want = (300..32768)
-        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-        .ok_or("no free pid")?;
+    let want = (300..32768).find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).ok_or("no free pid")?;
     match crate::puppeteer::fork_stopped(want) {
         Ok(child) => {
             reap(child);
@@ -174,15 +110,9 @@ fn probe_pagemap_scan() -> Result<String, String> {
     let f = std::fs::File::open("/proc/self/pagemap").map_err(|e| e.to_string())?;
     let v = [1u8; 4096];
     let addr = v.as_ptr() as u64 & !4095;
-    crate::mem::scan(
-        std::process::id() as i32,
-        &f,
-        addr,
-        addr + 4096,
-        crt_plugin_api::PagePolicy::All,
-    )
-    .map(|r| format!("{} run(s)", r.len()))
-    .map_err(|e| e.to_string())
+    crate::mem::scan(std::process::id() as i32, &f, addr, addr + 4096, crt_plugin_api::PagePolicy::All)
+        .map(|r| format!("{} run(s)", r.len()))
+        .map_err(|e| e.to_string())
 }
 
 fn probe_pidfd_getfd() -> Result<String, String> {
@@ -193,11 +123,7 @@ fn probe_pidfd_getfd() -> Result<String, String> {
     }
     // SAFETY: as above.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, 0, 0) };
-    let r = if fd < 0 {
-        Err(format!("pidfd_getfd: {}", errno()))
-    } else {
-        Ok("ok".into())
-    };
+    let r = if fd < 0 { Err(format!("pidfd_getfd: {}", errno())) } else { Ok("ok".into()) };
     if fd >= 0 {
         // SAFETY: closing an fd we own.
         unsafe { libc::close(fd as i32) };
@@ -210,23 +136,12 @@ fn probe_pidfd_getfd() -> Result<String, String> {
 fn probe_mm_map() -> Result<String, String> {
     let mut size: u32 = 0;
     // SAFETY: PR_SET_MM_MAP_SIZE writes one u32 to the pointer we pass.
-    let r = unsafe {
-        libc::prctl(
-            libc::PR_SET_MM,
-            libc::PR_SET_MM_MAP_SIZE,
-            &mut size as *mut u32,
-            0,
-            0,
-        )
-    };
+    let r = unsafe { libc::prctl(libc::PR_SET_MM, libc::PR_SET_MM_MAP_SIZE, &mut size as *mut u32, 0, 0) };
     if r != 0 {
         return Err(format!("prctl(PR_SET_MM_MAP_SIZE): {}", errno()));
     }
     if size as usize != crate::task_state::PRCTL_MM_MAP_LEN {
-        return Err(format!(
-            "struct prctl_mm_map is {size} bytes, crt knows {}",
-            crate::task_state::PRCTL_MM_MAP_LEN
-        ));
+        return Err(format!("struct prctl_mm_map is {size} bytes, crt knows {}", crate::task_state::PRCTL_MM_MAP_LEN));
     }
     Ok(format!("prctl_mm_map {size} bytes"))
 }
@@ -234,8 +149,7 @@ fn probe_mm_map() -> Result<String, String> {
 fn probe_process_vm() -> Result<String, String> {
     let src = [7u8; 64];
     let mut dst = [0u8; 64];
-    crate::puppet::read_mem(std::process::id() as i32, src.as_ptr() as u64, &mut dst)
-        .map_err(|e| e.to_string())?;
+    crate::puppet::read_mem(std::process::id() as i32, src.as_ptr() as u64, &mut dst).map_err(|e| e.to_string())?;
     if src == dst {
         Ok("ok".into())
     } else {
@@ -245,12 +159,7 @@ fn probe_process_vm() -> Result<String, String> {
 
 fn probe_vdso() -> Result<String, String> {
     crate::restore::own_vdso_block()
-        .map(|b| {
-            b.iter()
-                .map(|m| format!("{} {}p", m.name, (m.end - m.start) / 4096))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
+        .map(|b| b.iter().map(|m| format!("{} {}p", m.name, (m.end - m.start) / 4096)).collect::<Vec<_>>().join(", "))
         .map_err(|e| e.to_string())
 }
 
@@ -269,13 +178,7 @@ fn probe_kcmp() -> Result<String, String> {
 fn probe_unix_diag() -> Result<String, String> {
     const NETLINK_SOCK_DIAG: i32 = 4;
     // SAFETY: socket takes integers only.
-    let s = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
+    let s = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
     if s < 0 {
         return Err(format!("netlink socket: {}", errno()));
     }
@@ -333,7 +236,5 @@ fn probe_uffd() -> Result<String, String> {
 }
 
 fn probe_kvm() -> Result<String, String> {
-    std::fs::File::open("/dev/kvm")
-        .map(|_| "/dev/kvm opens".into())
-        .map_err(|e| format!("/dev/kvm: {e}"))
+    std::fs::File::open("/dev/kvm").map(|_| "/dev/kvm opens".into()).map_err(|e| format!("/dev/kvm: {e}"))
 }

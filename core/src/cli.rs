@@ -48,13 +48,7 @@ pub enum Command {
     /// untouched and no partial image is left behind.
     Dump {
         /// Root pid(s) of the trees to dump: --tree 101,202 or --tree 101 --tree 202.
-        #[arg(
-            short,
-            long = "tree",
-            value_name = "PID[,PID...]",
-            value_delimiter = ',',
-            required = true
-        )]
+        #[arg(short, long = "tree", value_name = "PID[,PID...]", value_delimiter = ',', required = true)]
         tree: Vec<i32>,
         /// Image directory (created if missing; must not hold an image already).
         #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
@@ -132,11 +126,7 @@ fn init_logging(verbose: u8, log_file: Option<&std::path::Path>) -> std::io::Res
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .with_target(false)
-        .with_span_events(if verbose > 0 {
-            FmtSpan::CLOSE
-        } else {
-            FmtSpan::NONE
-        })
+        .with_span_events(if verbose > 0 { FmtSpan::CLOSE } else { FmtSpan::NONE })
         .with_filter(level);
     let file = match log_file {
         Some(p) => {
@@ -151,10 +141,7 @@ fn init_logging(verbose: u8, log_file: Option<&std::path::Path>) -> std::io::Res
         }
         None => None,
     };
-    tracing_subscriber::registry()
-        .with(stderr)
-        .with(file)
-        .init();
+    tracing_subscriber::registry().with(stderr).with(file).init();
     Ok(())
 }
 
@@ -176,9 +163,7 @@ static STATS_PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 fn write_stats<T: serde::Serialize>(stats: &T) {
     let Some(path) = STATS_PATH.get() else { return };
     let mut v = serde_json::to_value(stats).unwrap_or_default();
-    v["peak_rss_kib"] = crate::procfs::status_field("self", "VmHWM")
-        .unwrap_or(0)
-        .into();
+    v["peak_rss_kib"] = crate::procfs::status_field("self", "VmHWM").unwrap_or(0).into();
     if let Err(e) = std::fs::write(path, v.to_string()) {
         tracing::warn!("writing {}: {e}", path.display());
     }
@@ -190,16 +175,8 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
         let _ = STATS_PATH.set(p);
     }
     match cli.command {
-        Command::Dump {
-            tree,
-            dir,
-            leave_running,
-        } => {
-            let opts = DumpOptions {
-                roots: tree,
-                dir,
-                leave_running,
-            };
+        Command::Dump { tree, dir, leave_running } => {
+            let opts = DumpOptions { roots: tree, dir, leave_running };
             let s = dump::dump(&opts, &registry)?;
             write_stats(&s);
             tracing::info!(
@@ -214,11 +191,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore { dir, detach } => {
-            let opts = RestoreOptions {
-                dir,
-                detach,
-                on_resumed: Some(write_stats::<restore::RestoreStats>),
-            };
+            let opts = RestoreOptions { dir, detach, on_resumed: Some(write_stats::<restore::RestoreStats>) };
             let out = restore::restore(&opts, &registry)?;
             let s = &out.stats;
             tracing::info!(
@@ -241,17 +214,10 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
                     Err(e) => ("MISSING", e.clone()),
                 };
                 let req = if f.required { "required" } else { "optional" };
-                out(&format!(
-                    "{:<16} {mark:<8} {req:<8} {} ({detail})\n",
-                    f.name, f.purpose
-                ))?;
+                out(&format!("{:<16} {mark:<8} {req:<8} {} ({detail})\n", f.name, f.purpose))?;
                 missing |= f.required && f.result.is_err();
             }
-            Ok(if missing {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(if missing { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::Show { dir, image } => {
             let v = crate::show::show(&ImageDir::new(dir), image.as_deref())?;
@@ -260,10 +226,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
         }
         Command::Plugins => {
             for name in registry.names() {
-                let version = registry
-                    .by_name(&name)
-                    .map(|h| h.version().into_string())
-                    .unwrap_or_default();
+                let version = registry.by_name(&name).map(|h| h.version().into_string()).unwrap_or_default();
                 out(&format!("{name:<16} {version:<10} built-in\n"))?;
             }
             Ok(ExitCode::SUCCESS)

@@ -13,7 +13,7 @@ use crate::images::pb;
 use crate::procfs;
 use crate::ptrace;
 use crate::puppet::{self, Puppet, PuppetError};
-use crate::sharing::FileIds;
+use crate::sharing::{self, FileIds};
 use crate::task_state;
 
 /// Scratch memory crt maps inside a task while collecting.
@@ -53,14 +53,7 @@ impl Session {
             }
         }
         let puppet = puppets.remove(0);
-        Ok(Self {
-            pid: p.pid,
-            puppet,
-            threads: puppets,
-            scratch: None,
-            stashed,
-            undone: false,
-        })
+        Ok(Self { pid: p.pid, puppet, threads: puppets, scratch: None, stashed, undone: false })
     }
 
     fn scratch(&mut self) -> Result<u64, DumpError> {
@@ -69,11 +62,7 @@ impl Session {
         }
         let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        let addr = self.puppet.call(
-            "mmap",
-            libc::SYS_mmap,
-            [0, SCRATCH_LEN, prot, flags, u64::MAX, 0],
-        )?;
+        let addr = self.puppet.call("mmap", libc::SYS_mmap, [0, SCRATCH_LEN, prot, flags, u64::MAX, 0])?;
         self.scratch = Some(addr);
         Ok(addr)
     }
@@ -86,10 +75,7 @@ impl Session {
         }
         self.undone = true;
         if let Some(addr) = self.scratch.take() {
-            if let Err(e) =
-                self.puppet
-                    .call("munmap", libc::SYS_munmap, [addr, SCRATCH_LEN, 0, 0, 0, 0])
-            {
+            if let Err(e) = self.puppet.call("munmap", libc::SYS_munmap, [addr, SCRATCH_LEN, 0, 0, 0, 0]) {
                 tracing::warn!(pid = self.pid, "unmapping scratch: {e}");
             }
         }
@@ -100,12 +86,7 @@ impl Session {
         }
         for (tid, infos) in all.into_iter().filter(|(_, i)| !i.is_empty()) {
             if let Err(e) = requeue(&mut self.puppet, self.pid, tid, &infos) {
-                tracing::warn!(
-                    pid = self.pid,
-                    tid,
-                    "re-queueing {} signals: {e}",
-                    infos.len()
-                );
+                tracing::warn!(pid = self.pid, tid, "re-queueing {} signals: {e}", infos.len());
             }
         }
         for p in std::iter::once(&self.puppet).chain(&self.threads) {
@@ -117,12 +98,7 @@ impl Session {
 }
 
 /// Queues signals back into the task they were taken from.
-fn requeue(
-    p: &mut Puppet,
-    pid: i32,
-    tid: i32,
-    infos: &[[u8; ptrace::SIGINFO_LEN]],
-) -> Result<(), PuppetError> {
+fn requeue(p: &mut Puppet, pid: i32, tid: i32, infos: &[[u8; ptrace::SIGINFO_LEN]]) -> Result<(), PuppetError> {
     // The siginfo goes on the task's stack, below the red zone.
     let regs = ptrace::get_regs(pid)?;
     let at = (regs.rsp - 128 - ptrace::SIGINFO_LEN as u64) & !15;
@@ -131,11 +107,7 @@ fn requeue(
     for info in infos {
         let signo = i32::from_le_bytes([info[0], info[1], info[2], info[3]]);
         p.write(at, info)?;
-        p.call(
-            "rt_tgsigqueueinfo",
-            libc::SYS_rt_tgsigqueueinfo,
-            [pid as u64, tid as u64, signo as u64, at, 0, 0],
-        )?;
+        p.call("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, [pid as u64, tid as u64, signo as u64, at, 0, 0])?;
     }
     p.write(at, &saved)
 }
@@ -161,9 +133,7 @@ pub fn zombie_task(p: &Proc) -> pb::Task {
         comm: p.comm.clone(),
         zombie: true,
         exit_code: p.exit_code,
-        exit_signal: procfs::stat(p.pid)
-            .map(|s| s.exit_signal)
-            .unwrap_or(libc::SIGCHLD),
+        exit_signal: procfs::stat(p.pid).map(|s| s.exit_signal).unwrap_or(libc::SIGCHLD),
         ..Default::default()
     }
 }
@@ -171,6 +141,7 @@ pub fn zombie_task(p: &Proc) -> pb::Task {
 /// Collects one live process.
 pub fn collect_task(
     p: &Proc,
+    is_root: bool,
     registry: &Registry,
     s: &mut Session,
     frozen: &Frozen,
@@ -186,8 +157,7 @@ pub fn collect_task(
     }
     for (tid, infos) in &s.stashed {
         if let Some(t) = threads.iter_mut().find(|t| t.tid == *tid) {
-            t.pending
-                .extend(infos.iter().map(|raw| pb::SigInfo { raw: raw.to_vec() }));
+            t.pending.extend(infos.iter().map(|raw| pb::SigInfo { raw: raw.to_vec() }));
         }
     }
     let sigactions = task_state::read_sigactions(&mut s.puppet, scratch)?;
@@ -223,6 +193,9 @@ pub fn collect_task(
         stopped: frozen.thread(pid).is_some_and(|t| t.group_stop),
         ..Default::default()
     };
+    if !is_root {
+        (task.files_shared_with_parent, task.fs_shared_with_parent) = sharing::shares_with_parent(pid, p.ppid);
+    }
 
     let mut plans = Vec::new();
     for m in &maps {
@@ -244,28 +217,16 @@ pub fn collect_task(
         task.vmas.push(rec);
     }
     if mm.vdso_text == 0 {
-        return Err(DumpError::Unsupported {
-            pid,
-            what: "has no [vdso] mapping; crt needs it to restore".into(),
-        });
+        return Err(DumpError::Unsupported { pid, what: "has no [vdso] mapping; crt needs it to restore".into() });
     }
     for fd in procfs::fds(pid)? {
-        task.fds
-            .push(collect_fd(pid, fd, registry, &mut s.puppet, file_ids)?);
+        task.fds.push(collect_fd(pid, fd, registry, &mut s.puppet, file_ids)?);
     }
     task.mm = Some(mm);
     // Signals that arrived while crt ran syscalls in the task: in the image
     // too (and re-queued into the task if it keeps running).
-    for (t, p) in task
-        .threads
-        .iter_mut()
-        .zip(std::iter::once(&s.puppet).chain(&s.threads))
-    {
-        t.pending.extend(
-            p.stashed()
-                .iter()
-                .map(|raw| pb::SigInfo { raw: raw.to_vec() }),
-        );
+    for (t, p) in task.threads.iter_mut().zip(std::iter::once(&s.puppet).chain(&s.threads)) {
+        t.pending.extend(p.stashed().iter().map(|raw| pb::SigInfo { raw: raw.to_vec() }));
     }
     Ok((task, plans))
 }
@@ -277,23 +238,18 @@ fn collect_vma(
     puppet: &mut Puppet,
 ) -> Result<(pb::Vma, PagePlan), DumpError> {
     let desc = vma_desc(pid, m);
-    let h = registry
-        .claim_vma(&desc)
-        .ok_or_else(|| DumpError::UnclaimedVma {
-            pid,
-            start: m.start,
-            end: m.end,
-            name: m.name.clone(),
-        })?;
-    let d = h
-        .dump_vma(task_ref(puppet), &desc)
-        .into_result()
-        .map_err(|msg| DumpError::Handler {
-            pid,
-            what: format!("memory {:#x}-{:#x} {}", m.start, m.end, m.name),
-            handler: h.name().into_string(),
-            msg: msg.into_string(),
-        })?;
+    let h = registry.claim_vma(&desc).ok_or_else(|| DumpError::UnclaimedVma {
+        pid,
+        start: m.start,
+        end: m.end,
+        name: m.name.clone(),
+    })?;
+    let d = h.dump_vma(task_ref(puppet), &desc).into_result().map_err(|msg| DumpError::Handler {
+        pid,
+        what: format!("memory {:#x}-{:#x} {}", m.start, m.end, m.name),
+        handler: h.name().into_string(),
+        msg: msg.into_string(),
+    })?;
     let mut rec = vma_record(m);
     rec.handler = h.name().into_string();
     rec.blob = d.blob.into_vec();
@@ -302,11 +258,7 @@ fn collect_vma(
         PagePolicy::Private => pb::PageSource::PagesPrivate,
         PagePolicy::All => pb::PageSource::PagesAll,
     } as i32;
-    let plan = PagePlan {
-        start: m.start,
-        end: m.end,
-        policy: d.pages,
-    };
+    let plan = PagePlan { start: m.start, end: m.end, policy: d.pages };
     Ok((rec, plan))
 }
 
@@ -318,14 +270,12 @@ fn collect_fd(
     file_ids: &mut FileIds,
 ) -> Result<pb::Fd, DumpError> {
     let desc = fd_desc(pid, fd)?;
-    let h = registry
-        .claim_fd(&desc)
-        .ok_or_else(|| DumpError::UnclaimedFd {
-            pid,
-            fd,
-            link: desc.link.to_string(),
-            kind: file_kind(desc.mode),
-        })?;
+    let h = registry.claim_fd(&desc).ok_or_else(|| DumpError::UnclaimedFd {
+        pid,
+        fd,
+        link: desc.link.to_string(),
+        kind: file_kind(desc.mode),
+    })?;
     let (file_id, shared_ref) = file_ids.id(pid, fd, desc.dev, desc.ino);
     let blob = if shared_ref {
         Vec::new()
@@ -357,61 +307,28 @@ fn collect_fd(
 fn collect_thread(p: &mut Puppet, scratch: u64) -> Result<pb::Thread, DumpError> {
     let tid = p.tid();
     let regs = *p.base_regs();
-    p.call(
-        "prctl(PR_GET_TID_ADDRESS)",
-        libc::SYS_prctl,
-        [PR_GET_TID_ADDRESS, scratch, 0, 0, 0, 0],
-    )?;
+    p.call("prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, [PR_GET_TID_ADDRESS, scratch, 0, 0, 0, 0])?;
     let mut w = [0u8; 24];
     p.read(scratch, &mut w[..8])?;
     let clear_child_tid = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-    p.call(
-        "sigaltstack",
-        libc::SYS_sigaltstack,
-        [0, scratch, 0, 0, 0, 0],
-    )?;
+    p.call("sigaltstack", libc::SYS_sigaltstack, [0, scratch, 0, 0, 0, 0])?;
     p.read(scratch, &mut w)?;
-    let word = |o: usize| {
-        u64::from_le_bytes([
-            w[o],
-            w[o + 1],
-            w[o + 2],
-            w[o + 3],
-            w[o + 4],
-            w[o + 5],
-            w[o + 6],
-            w[o + 7],
-        ])
-    };
+    let word =
+        |o: usize| u64::from_le_bytes([w[o], w[o + 1], w[o + 2], w[o + 3], w[o + 4], w[o + 5], w[o + 6], w[o + 7]]);
     Ok(pb::Thread {
         tid,
         regs: ptrace::regs_to_bytes(&regs),
         xsave: ptrace::get_xsave(tid)?,
         sigmask: ptrace::get_sigmask(tid)?,
-        pending: ptrace::peek_siginfo(tid, false)?
-            .into_iter()
-            .map(|raw| pb::SigInfo { raw: raw.to_vec() })
-            .collect(),
-        rseq: ptrace::rseq_config(tid)?.map(|r| pb::Rseq {
-            ptr: r.ptr,
-            size: r.size,
-            signature: r.signature,
-        }),
+        pending: ptrace::peek_siginfo(tid, false)?.into_iter().map(|raw| pb::SigInfo { raw: raw.to_vec() }).collect(),
+        rseq: ptrace::rseq_config(tid)?.map(|r| pb::Rseq { ptr: r.ptr, size: r.size, signature: r.signature }),
         clear_child_tid,
-        altstack: Some(pb::SigAltStack {
-            sp: word(0),
-            flags: word(8) as i32,
-            size: word(16),
-        }),
+        altstack: Some(pb::SigAltStack { sp: word(0), flags: word(8) as i32, size: word(16) }),
     })
 }
 
 fn vma_record(m: &procfs::MapsEntry) -> pb::Vma {
-    let mut flags = if m.shared {
-        libc::MAP_SHARED
-    } else {
-        libc::MAP_PRIVATE
-    } as u32;
+    let mut flags = if m.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u32;
     let vm_flags: Vec<String> = m.vm_flags.split_whitespace().map(String::from).collect();
     if vm_flags.iter().any(|f| f == "gd") {
         flags |= libc::MAP_GROWSDOWN as u32;

@@ -168,24 +168,12 @@ fn run(opts: &DumpOptions, registry: &Registry, out: &mut Output) -> Result<Dump
         Frozen::freeze(&mut forest)?
     };
     stats.freeze = t.elapsed().as_secs_f64();
-    info!(
-        tasks = forest.procs.len(),
-        secs = stats.freeze,
-        "froze the forest"
-    );
+    info!(tasks = forest.procs.len(), secs = stats.freeze, "froze the forest");
     check_supported(&forest)?;
 
     // 3-6 under the frozen forest; undo on any error.
     let mut sessions: Vec<Session> = Vec::new();
-    let result = collect_and_write(
-        opts,
-        registry,
-        out,
-        &forest,
-        &frozen,
-        &mut sessions,
-        &mut stats,
-    );
+    let result = collect_and_write(opts, registry, out, &forest, &frozen, &mut sessions, &mut stats);
     match result {
         Ok(()) => {
             // 7. Finish.
@@ -227,20 +215,16 @@ fn check_supported(forest: &Forest) -> Result<(), DumpError> {
         if p.zombie && p.threads.len() > 1 {
             return Err(DumpError::Unsupported {
                 pid: p.pid,
-                what: "its main thread exited while other threads run; crt cannot restore that yet"
-                    .into(),
+                what: "its main thread exited while other threads run; crt cannot restore that yet".into(),
             });
         }
         if p.zombie || forest.roots.contains(&p.pid) {
             continue;
         }
-        if let Some(what) = sharing::shared_with_parent(p.pid, p.ppid) {
+        if let Some(what) = sharing::unsupported_sharing(p.pid, p.ppid) {
             return Err(DumpError::Unsupported {
                 pid: p.pid,
-                what: format!(
-                    "shares {what} with its parent {}; crt cannot restore that yet",
-                    p.ppid
-                ),
+                what: format!("shares {what} with its parent {}; crt cannot restore that yet", p.ppid),
             });
         }
     }
@@ -271,29 +255,17 @@ fn collect_and_write(
             continue;
         }
         sessions.push(Session::open(proc_, frozen)?);
-        let Some(session) = sessions.last_mut() else {
-            unreachable!("pushed above")
-        };
+        let Some(session) = sessions.last_mut() else { unreachable!("pushed above") };
         let _s = info_span!("collect").entered();
-        let (task, plans) = collect::collect_task(proc_, registry, session, frozen, &mut file_ids)?;
+        let (task, plans) =
+            collect::collect_task(proc_, forest.roots.contains(&proc_.pid), registry, session, frozen, &mut file_ids)?;
         if vdso_id.is_empty() {
             vdso_id = vdso_fingerprint(proc_.pid, &task)?;
         }
-        for h in task
-            .vmas
-            .iter()
-            .map(|v| &v.handler)
-            .chain(task.fds.iter().map(|f| &f.handler))
-        {
+        for h in task.vmas.iter().map(|v| &v.handler).chain(task.fds.iter().map(|f| &f.handler)) {
             if !plugins.iter().any(|p| &p.name == h) {
-                let version = registry
-                    .by_name(h)
-                    .map(|x| x.version().into_string())
-                    .unwrap_or_default();
-                plugins.push(pb::PluginRef {
-                    name: h.clone(),
-                    version,
-                });
+                let version = registry.by_name(h).map(|x| x.version().into_string()).unwrap_or_default();
+                plugins.push(pb::PluginRef { name: h.clone(), version });
             }
         }
         collected.push((task, plans));
@@ -367,11 +339,7 @@ pub fn fingerprint(text: &[u8]) -> String {
     format!("crc32:{:08x}:{}", crc32fast::hash(text), text.len())
 }
 
-fn dump_task_pages(
-    pid: i32,
-    plans: &[PagePlan],
-    out: &mut Output,
-) -> Result<pb::PageMap, DumpError> {
+fn dump_task_pages(pid: i32, plans: &[PagePlan], out: &mut Output) -> Result<pb::PageMap, DumpError> {
     let pagemap_path = format!("/proc/{pid}/pagemap");
     let pagemap = File::open(&pagemap_path).map_err(|source| DumpError::Io {
         pid,
@@ -389,13 +357,7 @@ fn dump_task_pages(
     Ok(pb::PageMap {
         page_size: images::PAGE_SIZE,
         total_pages: total,
-        runs: runs
-            .iter()
-            .map(|r| pb::PageRun {
-                vaddr: r.vaddr,
-                nr_pages: r.pages,
-            })
-            .collect(),
+        runs: runs.iter().map(|r| pb::PageRun { vaddr: r.vaddr, nr_pages: r.pages }).collect(),
     })
 }
 
@@ -408,10 +370,7 @@ struct Output {
 
 impl Output {
     fn prepare(path: &Path) -> Result<Self, DumpError> {
-        let err = |what: String| DumpError::ImageDir {
-            path: path.to_path_buf(),
-            what,
-        };
+        let err = |what: String| DumpError::ImageDir { path: path.to_path_buf(), what };
         let created_dir = match fs::metadata(path) {
             Ok(m) if m.is_dir() => false,
             Ok(_) => return Err(err("exists and is not a directory".into())),
@@ -427,19 +386,10 @@ impl Output {
                 "already holds an image (inventory.img); choose an empty directory or remove the old image".into(),
             ));
         }
-        Ok(Self {
-            dir,
-            created_dir,
-            written: Vec::new(),
-        })
+        Ok(Self { dir, created_dir, written: Vec::new() })
     }
 
-    fn write<M: prost::Message>(
-        &mut self,
-        path: &Path,
-        kind: Kind,
-        msg: &M,
-    ) -> Result<(), DumpError> {
+    fn write<M: prost::Message>(&mut self, path: &Path, kind: Kind, msg: &M) -> Result<(), DumpError> {
         self.written.push(path.to_path_buf());
         self.written.push(path.with_extension("img.tmp"));
         self.dir.write_msg(path, kind, msg).map_err(Into::into)

@@ -89,10 +89,7 @@ impl Forest {
     /// Walks `/proc` from each root.
     pub fn discover(roots: &[i32]) -> Result<Self, ForestError> {
         let mut seen: BTreeMap<i32, i32> = BTreeMap::new(); // pid -> root
-        let mut forest = Forest {
-            roots: roots.to_vec(),
-            procs: Vec::new(),
-        };
+        let mut forest = Forest { roots: roots.to_vec(), procs: Vec::new() };
         for (i, &root) in roots.iter().enumerate() {
             if roots[..i].contains(&root) {
                 return Err(ForestError::Duplicate(root));
@@ -129,10 +126,7 @@ impl Forest {
 
     /// Every thread id of every live (not zombie) process in the forest.
     pub fn tids(&self) -> impl Iterator<Item = i32> + '_ {
-        self.procs
-            .iter()
-            .filter(|p| !p.zombie)
-            .flat_map(|p| p.threads.iter().copied())
+        self.procs.iter().filter(|p| !p.zombie).flat_map(|p| p.threads.iter().copied())
     }
 
     /// The process with pid `pid`.
@@ -198,17 +192,10 @@ impl Frozen {
                 }
                 let st = procfs::status(tid).map_err(|_| ForestError::Vanished { pid: tid })?;
                 if st.tracer_pid != 0 {
-                    return Err(ForestError::Traced {
-                        pid: tid,
-                        tracer: st.tracer_pid,
-                    });
+                    return Err(ForestError::Traced { pid: tid, tracer: st.tracer_pid });
                 }
                 ptrace::seize(tid, 0)?;
-                frozen.threads.push(FrozenThread {
-                    tid,
-                    stashed: Vec::new(),
-                    group_stop: false,
-                });
+                frozen.threads.push(FrozenThread { tid, stashed: Vec::new(), group_stop: false });
                 ptrace::interrupt(tid)?;
                 let t = frozen.threads.len() - 1;
                 frozen.wait_stopped(t)?;
@@ -217,11 +204,7 @@ impl Frozen {
             let roots = forest.roots.clone();
             let mut fresh = Forest::discover(&roots)?;
             std::mem::swap(forest, &mut fresh);
-            if new == 0
-                && forest
-                    .tids()
-                    .all(|t| frozen.threads.iter().any(|f| f.tid == t))
-            {
+            if new == 0 && forest.tids().all(|t| frozen.threads.iter().any(|f| f.tid == t)) {
                 return Ok(frozen);
             }
         }
@@ -245,9 +228,7 @@ impl Frozen {
                     self.threads[idx].stashed.push(info);
                     ptrace::cont(tid, 0)?;
                 }
-                Stop::Exited(_) | Stop::Signaled(_) => {
-                    return Err(ForestError::Vanished { pid: tid })
-                }
+                Stop::Exited(_) | Stop::Signaled(_) => return Err(ForestError::Vanished { pid: tid }),
             }
         }
     }

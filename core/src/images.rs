@@ -137,10 +137,7 @@ pub enum ImageError {
 impl ImageError {
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        Self::Io { path: path.to_path_buf(), source }
     }
 }
 
@@ -170,34 +167,22 @@ impl Header {
     /// Decodes and validates a header read from `path`.
     pub fn decode(path: &Path, b: &[u8], expected: Kind) -> Result<Self, ImageError> {
         if b.len() < HEADER_LEN || b[..8] != MAGIC {
-            return Err(ImageError::BadMagic {
-                path: path.to_path_buf(),
-            });
+            return Err(ImageError::BadMagic { path: path.to_path_buf() });
         }
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
         let version = u32_at(8);
         if version != FORMAT_VERSION {
-            return Err(ImageError::Version {
-                path: path.to_path_buf(),
-                found: version,
-            });
+            return Err(ImageError::Version { path: path.to_path_buf(), found: version });
         }
         let kind_raw = u32_at(12);
-        let kind =
-            Kind::from_u32(kind_raw)
-                .filter(|k| *k == expected)
-                .ok_or(ImageError::WrongKind {
-                    path: path.to_path_buf(),
-                    expected,
-                    found: kind_raw,
-                })?;
+        let kind = Kind::from_u32(kind_raw).filter(|k| *k == expected).ok_or(ImageError::WrongKind {
+            path: path.to_path_buf(),
+            expected,
+            found: kind_raw,
+        })?;
         let mut len = [0u8; 8];
         len.copy_from_slice(&b[16..24]);
-        Ok(Self {
-            kind,
-            payload_len: u64::from_le_bytes(len),
-            crc: u32_at(24),
-        })
+        Ok(Self { kind, payload_len: u64::from_le_bytes(len), crc: u32_at(24) })
     }
 }
 
@@ -239,18 +224,9 @@ impl ImageDir {
     }
 
     /// Writes one message atomically (temp file + rename).
-    pub fn write_msg<M: Message>(
-        &self,
-        path: &Path,
-        kind: Kind,
-        msg: &M,
-    ) -> Result<(), ImageError> {
+    pub fn write_msg<M: Message>(&self, path: &Path, kind: Kind, msg: &M) -> Result<(), ImageError> {
         let payload = msg.encode_to_vec();
-        let header = Header {
-            kind,
-            payload_len: payload.len() as u64,
-            crc: crc32fast::hash(&payload),
-        };
+        let header = Header { kind, payload_len: payload.len() as u64, crc: crc32fast::hash(&payload) };
         let tmp = path.with_extension("img.tmp");
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
@@ -276,16 +252,9 @@ impl ImageDir {
         }
         let crc = crc32fast::hash(payload);
         if crc != header.crc {
-            return Err(ImageError::Checksum {
-                path: path.to_path_buf(),
-                expected: header.crc,
-                found: crc,
-            });
+            return Err(ImageError::Checksum { path: path.to_path_buf(), expected: header.crc, found: crc });
         }
-        M::decode(payload).map_err(|source| ImageError::Decode {
-            path: path.to_path_buf(),
-            source,
-        })
+        M::decode(payload).map_err(|source| ImageError::Decode { path: path.to_path_buf(), source })
     }
 
     /// Opens a page file for reading, validating its header and length
@@ -294,18 +263,13 @@ impl ImageDir {
         let path = self.pages_path(pid);
         let mut f = File::open(&path).map_err(|e| ImageError::io(&path, e))?;
         let mut head = [0u8; HEADER_LEN];
-        f.read_exact(&mut head)
-            .map_err(|_| ImageError::BadMagic { path: path.clone() })?;
+        f.read_exact(&mut head).map_err(|_| ImageError::BadMagic { path: path.clone() })?;
         let header = Header::decode(&path, &head, Kind::Pages)?;
         let want = pages * PAGE_SIZE;
         let len = f.metadata().map_err(|e| ImageError::io(&path, e))?.len();
         let found = len.saturating_sub(PAGE_SIZE);
         if header.payload_len != want || found != want {
-            return Err(ImageError::Truncated {
-                path,
-                expected: want,
-                found,
-            });
+            return Err(ImageError::Truncated { path, expected: want, found });
         }
         Ok(f)
     }
@@ -314,11 +278,7 @@ impl ImageDir {
     pub fn create_pages(&self, pid: i32, pages: u64) -> Result<File, ImageError> {
         let path = self.pages_path(pid);
         let mut f = File::create(&path).map_err(|e| ImageError::io(&path, e))?;
-        let header = Header {
-            kind: Kind::Pages,
-            payload_len: pages * PAGE_SIZE,
-            crc: 0,
-        };
+        let header = Header { kind: Kind::Pages, payload_len: pages * PAGE_SIZE, crc: 0 };
         let mut first = vec![0u8; PAGE_SIZE as usize];
         first[..HEADER_LEN].copy_from_slice(&header.encode());
         f.write_all(&first).map_err(|e| ImageError::io(&path, e))?;
@@ -335,10 +295,7 @@ impl ImageDir {
         let path = self.task_path(pid);
         let task: pb::Task = self.read_msg(&path, Kind::Task)?;
         if task.pid != pid {
-            return Err(ImageError::Invalid {
-                path,
-                what: format!("holds pid {}, expected {pid}", task.pid),
-            });
+            return Err(ImageError::Invalid { path, what: format!("holds pid {}, expected {pid}", task.pid) });
         }
         Ok(task)
     }

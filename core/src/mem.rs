@@ -109,18 +109,11 @@ struct PmScanArg {
 }
 
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
-const PAGEMAP_SCAN: libc::c_ulong =
-    (3 << 30) | ((size_of::<PmScanArg>() as libc::c_ulong) << 16) | (0x66 << 8) | 16;
+const PAGEMAP_SCAN: libc::c_ulong = (3 << 30) | ((size_of::<PmScanArg>() as libc::c_ulong) << 16) | (0x66 << 8) | 16;
 
 /// Finds the pages of `[start, end)` that `policy` says to store, using
 /// `PAGEMAP_SCAN` on the task's open `/proc/PID/pagemap`.
-pub fn scan(
-    pid: i32,
-    pagemap: &File,
-    start: u64,
-    end: u64,
-    policy: PagePolicy,
-) -> Result<Vec<Run>, MemError> {
+pub fn scan(pid: i32, pagemap: &File, start: u64, end: u64, policy: PagePolicy) -> Result<Vec<Run>, MemError> {
     let mut out: Vec<Run> = Vec::new();
     let (inverted, mask) = match policy {
         PagePolicy::None => return Ok(out),
@@ -145,29 +138,15 @@ pub fn scan(
         };
         // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at
         // `regions`, which has room for `vec_len` entries and outlives the call.
-        let n = unsafe {
-            libc::ioctl(
-                pagemap.as_raw_fd(),
-                PAGEMAP_SCAN,
-                &mut arg as *mut PmScanArg,
-            )
-        };
+        let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg as *mut PmScanArg) };
         if n < 0 {
-            return Err(MemError::Scan {
-                pid,
-                start,
-                end,
-                source: io::Error::last_os_error(),
-            });
+            return Err(MemError::Scan { pid, start, end, source: io::Error::last_os_error() });
         }
         for r in &regions[..n as usize] {
             let pages = (r.end - r.start) / PAGE_SIZE;
             match out.last_mut() {
                 Some(last) if last.vaddr + last.pages * PAGE_SIZE == r.start => last.pages += pages,
-                _ => out.push(Run {
-                    vaddr: r.start,
-                    pages,
-                }),
+                _ => out.push(Run { vaddr: r.start, pages }),
             }
         }
         if arg.walk_end <= cursor {
@@ -182,9 +161,7 @@ pub fn scan(
 fn batches(runs: &[Run]) -> impl Iterator<Item = Vec<(u64, usize)>> + '_ {
     let mut pieces = runs.iter().flat_map(|r| {
         let total = r.bytes();
-        (0..total)
-            .step_by(CHUNK)
-            .map(move |off| (r.vaddr + off as u64, (total - off).min(CHUNK)))
+        (0..total).step_by(CHUNK).map(move |off| (r.vaddr + off as u64, (total - off).min(CHUNK)))
     });
     let mut pending: Option<(u64, usize)> = None;
     std::iter::from_fn(move || {
@@ -207,13 +184,7 @@ fn batches(runs: &[Run]) -> impl Iterator<Item = Vec<(u64, usize)>> + '_ {
 }
 
 fn remote_iovs(batch: &[(u64, usize)]) -> Vec<libc::iovec> {
-    batch
-        .iter()
-        .map(|&(addr, len)| libc::iovec {
-            iov_base: addr as *mut libc::c_void,
-            iov_len: len,
-        })
-        .collect()
+    batch.iter().map(|&(addr, len)| libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: len }).collect()
 }
 
 /// Threads that drain filled buffers (tmpfs writes and page faults in the
@@ -251,10 +222,7 @@ where
                 let full_rx = &full_rx;
                 scope.spawn(move || -> Result<(), E> {
                     loop {
-                        let next = full_rx
-                            .lock()
-                            .map_err(|_| ())
-                            .and_then(|rx| rx.recv().map_err(|_| ()));
+                        let next = full_rx.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
                         let Ok((buf, batch, off)) = next else {
                             return Ok(());
                         };
@@ -293,46 +261,28 @@ where
 
 /// Reads `batch` out of task `pid` into `buf` with one `process_vm_readv`,
 /// falling back to `/proc/PID/mem` for pages the task cannot read itself.
-fn read_batch(
-    pid: i32,
-    mem: &mut Option<File>,
-    buf: &mut [u8],
-    batch: &[(u64, usize)],
-) -> Result<(), MemError> {
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
+fn read_batch(pid: i32, mem: &mut Option<File>, buf: &mut [u8], batch: &[(u64, usize)]) -> Result<(), MemError> {
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     let remote = remote_iovs(batch);
     // SAFETY: `local` covers `buf`, which we own mutably for the call;
     // remote iovecs are only interpreted in the other task.
-    let n =
-        unsafe { libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0) };
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0) };
     if n == buf.len() as isize {
         return Ok(());
     }
     // PROT_NONE or write-only pages: /proc/PID/mem may force access.
-    let m =
-        match mem {
-            Some(m) => m,
-            None => mem.insert(File::open(format!("/proc/{pid}/mem")).map_err(|source| {
-                MemError::Read {
-                    pid,
-                    addr: batch[0].0,
-                    len: buf.len(),
-                    source,
-                }
-            })?),
-        };
+    let m = match mem {
+        Some(m) => m,
+        None => mem.insert(File::open(format!("/proc/{pid}/mem")).map_err(|source| MemError::Read {
+            pid,
+            addr: batch[0].0,
+            len: buf.len(),
+            source,
+        })?),
+    };
     let mut off = 0;
     for &(addr, len) in batch {
-        m.read_exact_at(&mut buf[off..off + len], addr)
-            .map_err(|source| MemError::Read {
-                pid,
-                addr,
-                len,
-                source,
-            })?;
+        m.read_exact_at(&mut buf[off..off + len], addr).map_err(|source| MemError::Read { pid, addr, len, source })?;
         off += len;
     }
     Ok(())
@@ -348,16 +298,11 @@ fn write_batch(
     direct: bool,
 ) -> Result<(), MemError> {
     if direct {
-        let local = libc::iovec {
-            iov_base: buf.as_ptr() as *mut libc::c_void,
-            iov_len: buf.len(),
-        };
+        let local = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
         let remote = remote_iovs(batch);
         // SAFETY: `local` covers `buf`, only read by the kernel; remote
         // iovecs address the other task.
-        let n = unsafe {
-            libc::process_vm_writev(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0)
-        };
+        let n = unsafe { libc::process_vm_writev(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0) };
         if n == buf.len() as isize {
             return Ok(());
         }
@@ -369,23 +314,12 @@ fn write_batch(
                 .read(true)
                 .write(true)
                 .open(format!("/proc/{pid}/mem"))
-                .map_err(|source| MemError::Write {
-                    pid,
-                    addr: batch[0].0,
-                    len: buf.len(),
-                    source,
-                })?,
+                .map_err(|source| MemError::Write { pid, addr: batch[0].0, len: buf.len(), source })?,
         ),
     };
     let mut off = 0;
     for &(addr, len) in batch {
-        m.write_all_at(&buf[off..off + len], addr)
-            .map_err(|source| MemError::Write {
-                pid,
-                addr,
-                len,
-                source,
-            })?;
+        m.write_all_at(&buf[off..off + len], addr).map_err(|source| MemError::Write { pid, addr, len, source })?;
         off += len;
     }
     Ok(())
@@ -398,12 +332,7 @@ pub fn dump_pages(pid: i32, runs: &[Run], out: &File, file_off: u64) -> Result<u
     let mut mem = None;
     pipeline(
         |buf, batch, _| read_batch(pid, &mut mem, buf, batch),
-        || {
-            |buf: &[u8], _: &[(u64, usize)], off: u64| {
-                out.write_all_at(buf, file_off + off)
-                    .map_err(MemError::File)
-            }
-        },
+        || |buf: &[u8], _: &[(u64, usize)], off: u64| out.write_all_at(buf, file_off + off).map_err(MemError::File),
         runs,
     )
 }
@@ -421,11 +350,7 @@ pub fn fill_pages(
 ) -> Result<u64, MemError> {
     let writable = &writable;
     pipeline(
-        |buf, _, off| {
-            pages
-                .read_exact_at(buf, file_off + off)
-                .map_err(MemError::File)
-        },
+        |buf, _, off| pages.read_exact_at(buf, file_off + off).map_err(MemError::File),
         || {
             let mut mem = None;
             move |buf: &[u8], batch: &[(u64, usize)], _| {
@@ -443,34 +368,18 @@ mod tests {
 
     #[test]
     fn batches_respect_limits() {
-        let runs = [
-            Run {
-                vaddr: 0x1000,
-                pages: 1,
-            },
-            Run {
-                vaddr: 0x10_0000,
-                pages: (CHUNK as u64 / PAGE_SIZE) + 3,
-            },
-        ];
+        let runs = [Run { vaddr: 0x1000, pages: 1 }, Run { vaddr: 0x10_0000, pages: (CHUNK as u64 / PAGE_SIZE) + 3 }];
         let all: Vec<_> = batches(&runs).collect();
         let bytes: usize = all.iter().flatten().map(|b| b.1).sum();
         assert_eq!(bytes as u64, (runs[0].pages + runs[1].pages) * PAGE_SIZE);
-        assert!(all
-            .iter()
-            .all(|b| b.iter().map(|p| p.1).sum::<usize>() <= CHUNK));
+        assert!(all.iter().all(|b| b.iter().map(|p| p.1).sum::<usize>() <= CHUNK));
         assert_eq!(all[0][0], (0x1000, 4096));
         assert_eq!(all[0][1].0, 0x10_0000);
     }
 
     #[test]
     fn batches_cap_iovecs() {
-        let runs: Vec<Run> = (0..3000)
-            .map(|i| Run {
-                vaddr: i * 0x2000,
-                pages: 1,
-            })
-            .collect();
+        let runs: Vec<Run> = (0..3000).map(|i| Run { vaddr: i * 0x2000, pages: 1 }).collect();
         let all: Vec<_> = batches(&runs).collect();
         assert!(all.iter().all(|b| b.len() <= MAX_IOV));
         assert_eq!(all.iter().map(Vec::len).sum::<usize>(), 3000);

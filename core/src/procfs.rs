@@ -31,10 +31,7 @@ pub fn read(path: impl Into<PathBuf>) -> Result<String, ProcError> {
 }
 
 fn parse_err(path: impl Into<PathBuf>, what: impl Into<String>) -> ProcError {
-    ProcError::Parse {
-        path: path.into(),
-        what: what.into(),
-    }
+    ProcError::Parse { path: path.into(), what: what.into() }
 }
 
 /// The fields of `/proc/PID/stat` crt uses.
@@ -91,11 +88,7 @@ pub fn stat_at(path: String) -> Result<Stat, ProcError> {
     let f: Vec<&str> = s[close + 1..].split_whitespace().collect();
     let num = |i: usize| -> Result<u64, ProcError> {
         f.get(i)
-            .and_then(|v| {
-                v.parse::<u64>()
-                    .ok()
-                    .or_else(|| v.parse::<i64>().ok().map(|x| x as u64))
-            })
+            .and_then(|v| v.parse::<u64>().ok().or_else(|| v.parse::<i64>().ok().map(|x| x as u64)))
             .ok_or_else(|| parse_err(&path, format!("field {}", i + 3)))
     };
     Ok(Stat {
@@ -158,16 +151,10 @@ pub fn status(pid: i32) -> Result<Status, ProcError> {
             continue;
         };
         let val = val.trim();
-        let nums = || -> Vec<u32> {
-            val.split_whitespace()
-                .filter_map(|v| v.parse().ok())
-                .collect()
-        };
+        let nums = || -> Vec<u32> { val.split_whitespace().filter_map(|v| v.parse().ok()).collect() };
         let hex = || u64::from_str_radix(val, 16).unwrap_or(0);
         match key {
-            "Umask" => {
-                st.umask = u32::from_str_radix(val, 8).map_err(|_| parse_err(&path, "Umask"))?
-            }
+            "Umask" => st.umask = u32::from_str_radix(val, 8).map_err(|_| parse_err(&path, "Umask"))?,
             "Uid" => st.uids = nums(),
             "Gid" => st.gids = nums(),
             "Groups" => st.groups = nums(),
@@ -193,14 +180,7 @@ pub fn status_field(who: &str, key: &str) -> Option<u64> {
     read(format!("/proc/{who}/status"))
         .ok()?
         .lines()
-        .find_map(|l| {
-            l.strip_prefix(key)?
-                .strip_prefix(':')?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.split_whitespace().next()?.parse().ok())
 }
 
 /// The thread ids of a process (`/proc/PID/task`), sorted.
@@ -214,14 +194,9 @@ pub fn fds(pid: i32) -> Result<Vec<i32>, ProcError> {
 }
 
 fn list_numeric_dir(path: String) -> Result<Vec<i32>, ProcError> {
-    let rd = fs::read_dir(&path).map_err(|source| ProcError::Io {
-        path: path.clone().into(),
-        source,
-    })?;
-    let mut v: Vec<i32> = rd
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-        .collect();
+    let rd = fs::read_dir(&path).map_err(|source| ProcError::Io { path: path.clone().into(), source })?;
+    let mut v: Vec<i32> =
+        rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok())).collect();
     v.sort_unstable();
     Ok(v)
 }
@@ -234,12 +209,7 @@ pub fn children(pid: i32) -> Result<Vec<i32>, ProcError> {
         match fs::read_to_string(&path) {
             Ok(s) => out.extend(s.split_whitespace().filter_map(|v| v.parse::<i32>().ok())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(ProcError::Io {
-                    path: path.into(),
-                    source,
-                })
-            }
+            Err(source) => return Err(ProcError::Io { path: path.into(), source }),
         }
     }
     out.sort_unstable();
@@ -270,9 +240,7 @@ pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo, ProcError> {
         let v = v.trim();
         match k {
             "pos" => info.pos = v.parse().map_err(|_| parse_err(&path, "pos"))?,
-            "flags" => {
-                info.flags = u32::from_str_radix(v, 8).map_err(|_| parse_err(&path, "flags"))?
-            }
+            "flags" => info.flags = u32::from_str_radix(v, 8).map_err(|_| parse_err(&path, "flags"))?,
             "mnt_id" => info.mnt_id = v.parse().unwrap_or(0),
             _ => {}
         }
@@ -318,10 +286,7 @@ pub fn smaps(pid: i32) -> Result<Vec<MapsEntry>, ProcError> {
         // A header line starts with "start-end ".
         let first = line.split(' ').next().unwrap_or("");
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            out.push(
-                parse_maps_line(line)
-                    .ok_or_else(|| parse_err(&path, format!("maps line {line:?}")))?,
-            );
+            out.push(parse_maps_line(line).ok_or_else(|| parse_err(&path, format!("maps line {line:?}")))?);
         }
     }
     Ok(out)
@@ -353,10 +318,7 @@ fn parse_maps_line(line: &str) -> Option<MapsEntry> {
         prot,
         shared: perms.get(3) == Some(&b's'),
         pgoff: u64::from_str_radix(off, 16).ok()?,
-        dev: libc::makedev(
-            u32::from_str_radix(maj, 16).ok()?,
-            u32::from_str_radix(min, 16).ok()?,
-        ),
+        dev: libc::makedev(u32::from_str_radix(maj, 16).ok()?, u32::from_str_radix(min, 16).ok()?),
         ino: ino.parse().ok()?,
         name,
         vm_flags: String::new(),
@@ -375,13 +337,8 @@ pub fn maps(pid: i32) -> Result<Vec<MapsEntry>, ProcError> {
 /// The auxiliary vector of a process, as 64-bit words.
 pub fn auxv(pid: i32) -> Result<Vec<u64>, ProcError> {
     let path = format!("/proc/{pid}/auxv");
-    let b = fs::read(&path).map_err(|source| ProcError::Io {
-        path: path.into(),
-        source,
-    })?;
-    Ok(b.chunks_exact(8)
-        .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-        .collect())
+    let b = fs::read(&path).map_err(|source| ProcError::Io { path: path.into(), source })?;
+    Ok(b.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect())
 }
 
 /// `readlink /proc/<pid>/<name>`.
@@ -389,10 +346,7 @@ pub fn link(pid: i32, name: &str) -> Result<String, ProcError> {
     let path = format!("/proc/{pid}/{name}");
     fs::read_link(&path)
         .map(|p| p.to_string_lossy().into_owned())
-        .map_err(|source| ProcError::Io {
-            path: path.into(),
-            source,
-        })
+        .map_err(|source| ProcError::Io { path: path.into(), source })
 }
 
 /// The personality of a process.
@@ -404,9 +358,7 @@ pub fn personality(pid: i32) -> Result<u32, ProcError> {
 
 /// The kernel release (`uname -r`).
 pub fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]

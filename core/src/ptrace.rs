@@ -31,11 +31,7 @@ const XSAVE_MAX: usize = 64 * 1024;
 
 fn check(op: &'static str, tid: i32, r: libc::c_long) -> Result<libc::c_long> {
     if r < 0 {
-        Err(PtraceError {
-            op,
-            tid,
-            source: io::Error::last_os_error(),
-        })
+        Err(PtraceError { op, tid, source: io::Error::last_os_error() })
     } else {
         Ok(r)
     }
@@ -49,92 +45,33 @@ fn raw(req: libc::c_uint, tid: i32, addr: *mut c_void, data: *mut c_void) -> lib
 
 /// `PTRACE_SEIZE` with `options`.
 pub fn seize(tid: i32, options: libc::c_int) -> Result<()> {
-    check(
-        "SEIZE",
-        tid,
-        raw(
-            libc::PTRACE_SEIZE,
-            tid,
-            std::ptr::null_mut(),
-            options as usize as *mut c_void,
-        ),
-    )
-    .map(drop)
+    check("SEIZE", tid, raw(libc::PTRACE_SEIZE, tid, std::ptr::null_mut(), options as usize as *mut c_void)).map(drop)
 }
 
 /// `PTRACE_INTERRUPT`.
 pub fn interrupt(tid: i32) -> Result<()> {
-    check(
-        "INTERRUPT",
-        tid,
-        raw(
-            libc::PTRACE_INTERRUPT,
-            tid,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        ),
-    )
-    .map(drop)
+    check("INTERRUPT", tid, raw(libc::PTRACE_INTERRUPT, tid, std::ptr::null_mut(), std::ptr::null_mut())).map(drop)
 }
 
 /// `PTRACE_SETOPTIONS`.
 pub fn set_options(tid: i32, options: libc::c_int) -> Result<()> {
-    check(
-        "SETOPTIONS",
-        tid,
-        raw(
-            libc::PTRACE_SETOPTIONS,
-            tid,
-            std::ptr::null_mut(),
-            options as usize as *mut c_void,
-        ),
-    )
-    .map(drop)
+    check("SETOPTIONS", tid, raw(libc::PTRACE_SETOPTIONS, tid, std::ptr::null_mut(), options as usize as *mut c_void))
+        .map(drop)
 }
 
 /// `PTRACE_DETACH`, delivering `sig` (0 for none).
 pub fn detach(tid: i32, sig: i32) -> Result<()> {
-    check(
-        "DETACH",
-        tid,
-        raw(
-            libc::PTRACE_DETACH,
-            tid,
-            std::ptr::null_mut(),
-            sig as usize as *mut c_void,
-        ),
-    )
-    .map(drop)
+    check("DETACH", tid, raw(libc::PTRACE_DETACH, tid, std::ptr::null_mut(), sig as usize as *mut c_void)).map(drop)
 }
 
 /// `PTRACE_CONT`, delivering `sig` (0 for none).
 pub fn cont(tid: i32, sig: i32) -> Result<()> {
-    check(
-        "CONT",
-        tid,
-        raw(
-            libc::PTRACE_CONT,
-            tid,
-            std::ptr::null_mut(),
-            sig as usize as *mut c_void,
-        ),
-    )
-    .map(drop)
+    check("CONT", tid, raw(libc::PTRACE_CONT, tid, std::ptr::null_mut(), sig as usize as *mut c_void)).map(drop)
 }
 
 /// `PTRACE_SINGLESTEP`.
 pub fn singlestep(tid: i32) -> Result<()> {
-    check(
-        "SINGLESTEP",
-        tid,
-        raw(
-            libc::PTRACE_SINGLESTEP,
-            tid,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        ),
-    )
-    .map(drop)
+    check("SINGLESTEP", tid, raw(libc::PTRACE_SINGLESTEP, tid, std::ptr::null_mut(), std::ptr::null_mut())).map(drop)
 }
 
 /// How a traced thread stopped (or ended).
@@ -164,18 +101,11 @@ pub fn wait(tid: i32) -> Result<Stop> {
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
-            return Err(PtraceError {
-                op: "waitpid",
-                tid,
-                source: e,
-            });
+            return Err(PtraceError { op: "waitpid", tid, source: e });
         }
     }
     Ok(if libc::WIFSTOPPED(status) {
-        Stop::Stopped {
-            sig: libc::WSTOPSIG(status),
-            event: status >> 16,
-        }
+        Stop::Stopped { sig: libc::WSTOPSIG(status), event: status >> 16 }
     } else if libc::WIFEXITED(status) {
         Stop::Exited(libc::WEXITSTATUS(status))
     } else {
@@ -183,27 +113,9 @@ pub fn wait(tid: i32) -> Result<Stop> {
     })
 }
 
-fn regset(
-    req: libc::c_uint,
-    op: &'static str,
-    tid: i32,
-    kind: libc::c_int,
-    buf: &mut [u8],
-) -> Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    check(
-        op,
-        tid,
-        raw(
-            req,
-            tid,
-            kind as usize as *mut c_void,
-            (&mut iov as *mut libc::iovec).cast(),
-        ),
-    )?;
+fn regset(req: libc::c_uint, op: &'static str, tid: i32, kind: libc::c_int, buf: &mut [u8]) -> Result<usize> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    check(op, tid, raw(req, tid, kind as usize as *mut c_void, (&mut iov as *mut libc::iovec).cast()))?;
     Ok(iov.iov_len)
 }
 
@@ -213,18 +125,9 @@ pub fn get_regs(tid: i32) -> Result<user_regs_struct> {
     let mut regs: user_regs_struct = unsafe { std::mem::zeroed() };
     // SAFETY: the slice covers exactly `regs`, which outlives the call.
     let buf = unsafe {
-        std::slice::from_raw_parts_mut(
-            (&mut regs as *mut user_regs_struct).cast::<u8>(),
-            size_of::<user_regs_struct>(),
-        )
+        std::slice::from_raw_parts_mut((&mut regs as *mut user_regs_struct).cast::<u8>(), size_of::<user_regs_struct>())
     };
-    regset(
-        libc::PTRACE_GETREGSET,
-        "GETREGSET(PRSTATUS)",
-        tid,
-        NT_PRSTATUS,
-        buf,
-    )?;
+    regset(libc::PTRACE_GETREGSET, "GETREGSET(PRSTATUS)", tid, NT_PRSTATUS, buf)?;
     Ok(regs)
 }
 
@@ -233,29 +136,16 @@ pub fn set_regs(tid: i32, regs: &user_regs_struct) -> Result<()> {
     let mut copy = *regs;
     // SAFETY: the slice covers exactly `copy`, which outlives the call.
     let buf = unsafe {
-        std::slice::from_raw_parts_mut(
-            (&mut copy as *mut user_regs_struct).cast::<u8>(),
-            size_of::<user_regs_struct>(),
-        )
+        std::slice::from_raw_parts_mut((&mut copy as *mut user_regs_struct).cast::<u8>(), size_of::<user_regs_struct>())
     };
-    regset(
-        libc::PTRACE_SETREGSET,
-        "SETREGSET(PRSTATUS)",
-        tid,
-        NT_PRSTATUS,
-        buf,
-    )
-    .map(drop)
+    regset(libc::PTRACE_SETREGSET, "SETREGSET(PRSTATUS)", tid, NT_PRSTATUS, buf).map(drop)
 }
 
 /// Registers as bytes, for images.
 pub fn regs_to_bytes(regs: &user_regs_struct) -> Vec<u8> {
     // SAFETY: user_regs_struct is repr(C) plain integers without padding.
     let b = unsafe {
-        std::slice::from_raw_parts(
-            (regs as *const user_regs_struct).cast::<u8>(),
-            size_of::<user_regs_struct>(),
-        )
+        std::slice::from_raw_parts((regs as *const user_regs_struct).cast::<u8>(), size_of::<user_regs_struct>())
     };
     b.to_vec()
 }
@@ -269,11 +159,7 @@ pub fn regs_from_bytes(b: &[u8]) -> Option<user_regs_struct> {
     let mut regs: user_regs_struct = unsafe { std::mem::zeroed() };
     // SAFETY: both regions are exactly size_of::<user_regs_struct>() bytes and do not overlap.
     unsafe {
-        std::ptr::copy_nonoverlapping(
-            b.as_ptr(),
-            (&mut regs as *mut user_regs_struct).cast::<u8>(),
-            b.len(),
-        );
+        std::ptr::copy_nonoverlapping(b.as_ptr(), (&mut regs as *mut user_regs_struct).cast::<u8>(), b.len());
     }
     Some(regs)
 }
@@ -281,13 +167,7 @@ pub fn regs_from_bytes(b: &[u8]) -> Option<user_regs_struct> {
 /// The XSAVE area (`NT_X86_XSTATE`): FPU, SSE, AVX, … state.
 pub fn get_xsave(tid: i32) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; XSAVE_MAX];
-    let n = regset(
-        libc::PTRACE_GETREGSET,
-        "GETREGSET(X86_XSTATE)",
-        tid,
-        NT_X86_XSTATE,
-        &mut buf,
-    )?;
+    let n = regset(libc::PTRACE_GETREGSET, "GETREGSET(X86_XSTATE)", tid, NT_X86_XSTATE, &mut buf)?;
     buf.truncate(n);
     Ok(buf)
 }
@@ -295,46 +175,21 @@ pub fn get_xsave(tid: i32) -> Result<Vec<u8>> {
 /// Sets the XSAVE area.
 pub fn set_xsave(tid: i32, xsave: &[u8]) -> Result<()> {
     let mut copy = xsave.to_vec();
-    regset(
-        libc::PTRACE_SETREGSET,
-        "SETREGSET(X86_XSTATE)",
-        tid,
-        NT_X86_XSTATE,
-        &mut copy,
-    )
-    .map(drop)
+    regset(libc::PTRACE_SETREGSET, "SETREGSET(X86_XSTATE)", tid, NT_X86_XSTATE, &mut copy).map(drop)
 }
 
 /// The blocked-signal mask.
 pub fn get_sigmask(tid: i32) -> Result<u64> {
     let mut mask: u64 = 0;
-    check(
-        "GETSIGMASK",
-        tid,
-        raw(
-            libc::PTRACE_GETSIGMASK,
-            tid,
-            8usize as *mut c_void,
-            (&mut mask as *mut u64).cast(),
-        ),
-    )?;
+    check("GETSIGMASK", tid, raw(libc::PTRACE_GETSIGMASK, tid, 8usize as *mut c_void, (&mut mask as *mut u64).cast()))?;
     Ok(mask)
 }
 
 /// Sets the blocked-signal mask.
 pub fn set_sigmask(tid: i32, mask: u64) -> Result<()> {
     let mut m = mask;
-    check(
-        "SETSIGMASK",
-        tid,
-        raw(
-            libc::PTRACE_SETSIGMASK,
-            tid,
-            8usize as *mut c_void,
-            (&mut m as *mut u64).cast(),
-        ),
-    )
-    .map(drop)
+    check("SETSIGMASK", tid, raw(libc::PTRACE_SETSIGMASK, tid, 8usize as *mut c_void, (&mut m as *mut u64).cast()))
+        .map(drop)
 }
 
 /// Size of a raw siginfo.
@@ -361,12 +216,7 @@ pub fn peek_siginfo(tid: i32, shared: bool) -> Result<Vec<[u8; SIGINFO_LEN]>> {
         let n = check(
             "PEEKSIGINFO",
             tid,
-            raw(
-                libc::PTRACE_PEEKSIGINFO,
-                tid,
-                (&mut args as *mut PeekArgs).cast(),
-                buf.as_mut_ptr().cast(),
-            ),
+            raw(libc::PTRACE_PEEKSIGINFO, tid, (&mut args as *mut PeekArgs).cast(), buf.as_mut_ptr().cast()),
         )? as usize;
         out.extend_from_slice(&buf[..n.min(BATCH)]);
         if n < BATCH {
@@ -378,16 +228,7 @@ pub fn peek_siginfo(tid: i32, shared: bool) -> Result<Vec<[u8; SIGINFO_LEN]>> {
 /// The siginfo of the signal a thread is stopped with.
 pub fn get_siginfo(tid: i32) -> Result<[u8; SIGINFO_LEN]> {
     let mut buf = [0u8; SIGINFO_LEN];
-    check(
-        "GETSIGINFO",
-        tid,
-        raw(
-            libc::PTRACE_GETSIGINFO,
-            tid,
-            std::ptr::null_mut(),
-            buf.as_mut_ptr().cast(),
-        ),
-    )?;
+    check("GETSIGINFO", tid, raw(libc::PTRACE_GETSIGINFO, tid, std::ptr::null_mut(), buf.as_mut_ptr().cast()))?;
     Ok(buf)
 }
 
@@ -417,16 +258,7 @@ pub fn rseq_config(tid: i32) -> Result<Option<RseqConfig>> {
     check(
         "GET_RSEQ_CONFIGURATION",
         tid,
-        raw(
-            PTRACE_GET_RSEQ_CONFIGURATION,
-            tid,
-            size_of::<Conf>() as *mut c_void,
-            (&mut c as *mut Conf).cast(),
-        ),
+        raw(PTRACE_GET_RSEQ_CONFIGURATION, tid, size_of::<Conf>() as *mut c_void, (&mut c as *mut Conf).cast()),
     )?;
-    Ok((c.ptr != 0).then_some(RseqConfig {
-        ptr: c.ptr,
-        size: c.size,
-        signature: c.sig,
-    }))
+    Ok((c.ptr != 0).then_some(RseqConfig { ptr: c.ptr, size: c.size, signature: c.sig }))
 }

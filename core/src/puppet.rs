@@ -73,10 +73,7 @@ pub type Result<T> = std::result::Result<T, PuppetError>;
 /// Finds a `syscall` (`0f 05`) instruction inside the `[vdso]` of `pid`.
 pub fn find_gadget(pid: i32) -> Result<u64> {
     let maps = procfs::maps(pid)?;
-    let vdso = maps
-        .iter()
-        .find(|m| m.name == "[vdso]")
-        .ok_or(PuppetError::NoGadget { pid })?;
+    let vdso = maps.iter().find(|m| m.name == "[vdso]").ok_or(PuppetError::NoGadget { pid })?;
     let mut buf = vec![0u8; (vdso.end - vdso.start) as usize];
     read_mem(pid, vdso.start, &mut buf)?;
     buf.windows(2)
@@ -88,14 +85,8 @@ pub fn find_gadget(pid: i32) -> Result<u64> {
 /// Reads task memory with `process_vm_readv`, falling back to
 /// `/proc/PID/mem` for pages the task cannot read itself.
 pub fn read_mem(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
     // SAFETY: `local` describes `buf`, which we own mutably; the remote
     // side is only interpreted by the kernel in the other process.
     let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
@@ -109,38 +100,18 @@ pub fn read_mem(pid: i32, addr: u64, buf: &mut [u8]) -> Result<()> {
         len: buf.len(),
         source,
     })?;
-    mem.read_exact_at(buf, addr)
-        .map_err(|source| PuppetError::Mem {
-            pid,
-            op: "read",
-            addr,
-            len: buf.len(),
-            source,
-        })
+    mem.read_exact_at(buf, addr).map_err(|source| PuppetError::Mem { pid, op: "read", addr, len: buf.len(), source })
 }
 
 /// Writes task memory through `/proc/PID/mem` (works on read-only pages).
 pub fn write_mem_force(mem: &File, pid: i32, addr: u64, data: &[u8]) -> Result<()> {
-    mem.write_all_at(data, addr)
-        .map_err(|source| PuppetError::Mem {
-            pid,
-            op: "write",
-            addr,
-            len: data.len(),
-            source,
-        })
+    mem.write_all_at(data, addr).map_err(|source| PuppetError::Mem { pid, op: "write", addr, len: data.len(), source })
 }
 
 /// Writes task memory with `process_vm_writev` (writable pages only).
 pub fn write_mem(pid: i32, addr: u64, data: &[u8]) -> Result<()> {
-    let local = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: data.len(),
-    };
+    let local = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: data.len() };
     // SAFETY: `local` describes `data`, which the kernel only reads.
     let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
     if n == data.len() as isize {
@@ -175,14 +146,7 @@ impl Puppet {
     /// Drives stopped thread `tid`, using `base` as the register template
     /// (the thread's own registers) and `gadget` as the syscall instruction.
     pub fn new(tid: i32, base: user_regs_struct, gadget: u64) -> Self {
-        Self {
-            tid,
-            gadget,
-            base,
-            mem: None,
-            stashed: Vec::new(),
-            injected: 0,
-        }
+        Self { tid, gadget, base, mem: None, stashed: Vec::new(), injected: 0 }
     }
 
     /// The thread this puppet drives.
@@ -260,11 +224,7 @@ impl Puppet {
                     }
                 }
                 Stop::Exited(c) => {
-                    return Err(PuppetError::Died {
-                        pid: self.tid,
-                        syscall: name,
-                        how: format!("exit code {c}"),
-                    })
+                    return Err(PuppetError::Died { pid: self.tid, syscall: name, how: format!("exit code {c}") })
                 }
                 Stop::Signaled(s) => {
                     return Err(PuppetError::Died {
@@ -281,11 +241,7 @@ impl Puppet {
     pub fn call(&mut self, name: &'static str, nr: i64, args: [u64; 6]) -> Result<u64> {
         let r = self.syscall_raw(name, nr, args)?;
         if (-4095..0).contains(&r) {
-            Err(PuppetError::Syscall {
-                pid: self.tid,
-                syscall: name,
-                source: io::Error::from_raw_os_error(-r as i32),
-            })
+            Err(PuppetError::Syscall { pid: self.tid, syscall: name, source: io::Error::from_raw_os_error(-r as i32) })
         } else {
             Ok(r as u64)
         }
@@ -303,22 +259,12 @@ impl Puppet {
         }
         let tid = self.tid;
         if self.mem.is_none() {
-            let f = File::options()
-                .read(true)
-                .write(true)
-                .open(format!("/proc/{tid}/mem"))
-                .map_err(|source| PuppetError::Mem {
-                    pid: tid,
-                    op: "open /proc/PID/mem for",
-                    addr,
-                    len: data.len(),
-                    source,
-                })?;
+            let f = File::options().read(true).write(true).open(format!("/proc/{tid}/mem")).map_err(|source| {
+                PuppetError::Mem { pid: tid, op: "open /proc/PID/mem for", addr, len: data.len(), source }
+            })?;
             self.mem = Some(f);
         }
-        let Some(mem) = self.mem.as_ref() else {
-            unreachable!("opened above")
-        };
+        let Some(mem) = self.mem.as_ref() else { unreachable!("opened above") };
         write_mem_force(mem, tid, addr, data)
     }
 
@@ -332,11 +278,7 @@ impl Puppet {
     /// A copy of the task's fd `fd` in crt's fd table.
     pub fn take_fd(&mut self, fd: i32) -> Result<std::os::fd::OwnedFd> {
         use std::os::fd::FromRawFd;
-        let err = |source| PuppetError::Syscall {
-            pid: self.tid,
-            syscall: "pidfd_getfd",
-            source,
-        };
+        let err = |source| PuppetError::Syscall { pid: self.tid, syscall: "pidfd_getfd", source };
         // SAFETY: plain syscalls with integer arguments.
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.tid, 0) };
         if pidfd < 0 {
@@ -345,14 +287,7 @@ impl Puppet {
         // SAFETY: pidfd was just returned to us and is owned here.
         let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd as i32) };
         // SAFETY: integer arguments only.
-        let got = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_getfd,
-                std::os::fd::AsRawFd::as_raw_fd(&pidfd),
-                fd,
-                0,
-            )
-        };
+        let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, std::os::fd::AsRawFd::as_raw_fd(&pidfd), fd, 0) };
         if got < 0 {
             return Err(err(io::Error::last_os_error()));
         }
@@ -371,9 +306,7 @@ impl crt_plugin_api::Task for Puppet {
         nr: i64,
         args: crt_plugin_api::SyscallArgs,
     ) -> abi_stable::std_types::RResult<i64, abi_stable::std_types::RString> {
-        self.syscall_raw("plugin syscall", nr, args.regs)
-            .map_err(|e| e.to_string().into())
-            .into()
+        self.syscall_raw("plugin syscall", nr, args.regs).map_err(|e| e.to_string().into()).into()
     }
 
     fn read_mem(
@@ -381,19 +314,11 @@ impl crt_plugin_api::Task for Puppet {
         addr: u64,
         mut buf: abi_stable::std_types::RSliceMut<'_, u8>,
     ) -> abi_stable::std_types::RResult<(), abi_stable::std_types::RString> {
-        self.read(addr, buf.as_mut_slice())
-            .map_err(|e| e.to_string().into())
-            .into()
+        self.read(addr, buf.as_mut_slice()).map_err(|e| e.to_string().into()).into()
     }
 
-    fn take_fd(
-        &mut self,
-        fd: i32,
-    ) -> abi_stable::std_types::RResult<i32, abi_stable::std_types::RString> {
-        Puppet::take_fd(self, fd)
-            .map(std::os::fd::IntoRawFd::into_raw_fd)
-            .map_err(|e| e.to_string().into())
-            .into()
+    fn take_fd(&mut self, fd: i32) -> abi_stable::std_types::RResult<i32, abi_stable::std_types::RString> {
+        Puppet::take_fd(self, fd).map(std::os::fd::IntoRawFd::into_raw_fd).map_err(|e| e.to_string().into()).into()
     }
 
     fn write_mem(
@@ -401,8 +326,6 @@ impl crt_plugin_api::Task for Puppet {
         addr: u64,
         data: abi_stable::std_types::RSlice<'_, u8>,
     ) -> abi_stable::std_types::RResult<(), abi_stable::std_types::RString> {
-        self.write(addr, data.as_slice())
-            .map_err(|e| e.to_string().into())
-            .into()
+        self.write(addr, data.as_slice()).map_err(|e| e.to_string().into()).into()
     }
 }

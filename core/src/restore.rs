@@ -67,9 +67,7 @@ pub enum RestoreError {
         version: String,
     },
     /// A pid the image needs is taken.
-    #[error(
-        "pid {pid} is in use by {comm:?} (state {state}); stop that process or restore elsewhere"
-    )]
+    #[error("pid {pid} is in use by {comm:?} (state {state}); stop that process or restore elsewhere")]
     PidBusy {
         /// The pid.
         pid: i32,
@@ -125,16 +123,8 @@ pub enum RestoreError {
 
 impl RestoreError {
     /// Wraps a cause with the task and step it happened in.
-    pub fn step(
-        pid: i32,
-        step: impl Into<String>,
-        e: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Self::Step {
-            pid,
-            step: step.into(),
-            source: Box::new(e),
-        }
+    pub fn step(pid: i32, step: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Step { pid, step: step.into(), source: Box::new(e) }
     }
 }
 
@@ -215,9 +205,8 @@ fn build_all<'t>(
         let _span = info_span!("task", pid).entered();
         let t = Instant::now();
         wait_pid_free(pid)?;
-        let parent = builders
-            .iter_mut()
-            .find(|(b, _)| b.pid == task.ppid && !roots.contains(&pid));
+        let mut parent_pidfd = None;
+        let parent = builders.iter_mut().find(|(b, _)| b.pid == task.ppid && !roots.contains(&pid));
         match parent {
             Some((p, _)) if task.zombie => {
                 p.make_zombie(task)?;
@@ -226,7 +215,8 @@ fn build_all<'t>(
             }
             Some((p, _)) => {
                 created.pids.push(pid);
-                p.spawn_child(pid, task.exit_signal)?;
+                p.spawn_child(task)?;
+                parent_pidfd = Some(p.remote_pidfd());
             }
             None if task.zombie => {
                 return Err(RestoreError::Incompatible(format!(
@@ -239,7 +229,7 @@ fn build_all<'t>(
             }
         }
         stats.create += t.elapsed().as_secs_f64();
-        let mut b = Builder::start(pid, task)?;
+        let mut b = Builder::start(pid, task, parent_pidfd)?;
         b.phase_a(&mut ctx, loaded, stats)?;
         builders.push((b, task));
     }
@@ -264,15 +254,9 @@ fn build_all<'t>(
 }
 
 /// Reads and checks everything before any task is created.
-fn validate(
-    dir: &ImageDir,
-    registry: &Registry,
-) -> Result<(pb::Inventory, Vec<Loaded>), RestoreError> {
+fn validate(dir: &ImageDir, registry: &Registry) -> Result<(pb::Inventory, Vec<Loaded>), RestoreError> {
     if !dir.path().is_dir() {
-        return Err(RestoreError::Incompatible(format!(
-            "{}: no such image directory",
-            dir.path().display()
-        )));
+        return Err(RestoreError::Incompatible(format!("{}: no such image directory", dir.path().display())));
     }
     let inv = dir.read_inventory()?;
     if inv.format_version != FORMAT_VERSION {
@@ -302,10 +286,7 @@ fn validate(
     for p in &inv.plugins {
         let h = registry
             .by_name(&p.name)
-            .ok_or_else(|| RestoreError::MissingHandler {
-                name: p.name.clone(),
-                version: p.version.clone(),
-            })?;
+            .ok_or_else(|| RestoreError::MissingHandler { name: p.name.clone(), version: p.version.clone() })?;
         let have = h.version().into_string();
         if major(&have) != major(&p.version) {
             return Err(RestoreError::Incompatible(format!(
@@ -315,11 +296,7 @@ fn validate(
         }
     }
     if inv.tasks.is_empty() || inv.roots.is_empty() {
-        return Err(ImageError::Invalid {
-            path: dir.inventory_path(),
-            what: "lists no tasks".into(),
-        }
-        .into());
+        return Err(ImageError::Invalid { path: dir.inventory_path(), what: "lists no tasks".into() }.into());
     }
     let mut tasks = Vec::new();
     for &pid in &inv.tasks {
@@ -327,11 +304,7 @@ fn validate(
         let pagemap = dir.read_pagemap(pid)?;
         let pages = dir.open_pages(pid, pagemap.total_pages)?;
         puppeteer::check_task(dir, &task, &own)?;
-        tasks.push(Loaded {
-            task,
-            pagemap,
-            pages,
-        });
+        tasks.push(Loaded { task, pagemap, pages });
     }
     Ok((inv, tasks))
 }
@@ -343,10 +316,7 @@ fn major(v: &str) -> &str {
 /// crt's own `[vvar]`, `[vvar_vclock]`, `[vdso]` (the block restore reuses).
 pub fn own_vdso_block() -> Result<Vec<procfs::MapsEntry>, RestoreError> {
     let maps = procfs::maps(std::process::id() as i32)?;
-    let block: Vec<_> = VDSO_NAMES
-        .iter()
-        .filter_map(|n| maps.iter().find(|m| &m.name == n).cloned())
-        .collect();
+    let block: Vec<_> = VDSO_NAMES.iter().filter_map(|n| maps.iter().find(|m| &m.name == n).cloned()).collect();
     if block.len() != VDSO_NAMES.len() {
         return Err(RestoreError::Incompatible(format!(
             "this kernel's vdso layout is not the one crt knows: found {:?}",
@@ -365,11 +335,7 @@ fn wait_pid_free(pid: i32) -> Result<(), RestoreError> {
             Err(_) => return Ok(()),
         };
         if !matches!(stat.state, 'Z' | 'X') || Instant::now() > deadline {
-            return Err(RestoreError::PidBusy {
-                pid,
-                comm: stat.comm,
-                state: stat.state,
-            });
+            return Err(RestoreError::PidBusy { pid, comm: stat.comm, state: stat.state });
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -391,9 +357,7 @@ impl Created {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut status = 0;
         // SAFETY: valid out-pointer; -1 waits for any child or tracee.
-        while unsafe { libc::waitpid(-1, &mut status, libc::__WALL) } > 0
-            && Instant::now() < deadline
-        {}
+        while unsafe { libc::waitpid(-1, &mut status, libc::__WALL) } > 0 && Instant::now() < deadline {}
         self.pids.clear();
     }
 }
@@ -414,11 +378,7 @@ fn wait_roots(roots: &[i32]) -> i32 {
                 return 1;
             }
         }
-        let this = if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            128 + libc::WTERMSIG(status)
-        };
+        let this = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
         if code == 0 {
             code = this;
         }

@@ -45,19 +45,23 @@ impl FileIds {
     }
 }
 
-/// Kernel objects two processes can share by `clone` flags.
-pub fn shared_with_parent(pid: i32, ppid: i32) -> Option<&'static str> {
-    for (kind, what) in [
-        (KCMP_VM, "its address space (CLONE_VM / vfork)"),
-        (KCMP_FILES, "its fd table (CLONE_FILES)"),
-        (KCMP_FS, "its cwd/root/umask (CLONE_FS)"),
-        (KCMP_SIGHAND, "its signal handlers (CLONE_SIGHAND)"),
-    ] {
+/// Kernel objects a process shares with its parent by `clone` flags that
+/// crt cannot restore (address space, signal handlers).
+pub fn unsupported_sharing(pid: i32, ppid: i32) -> Option<&'static str> {
+    for (kind, what) in
+        [(KCMP_VM, "its address space (CLONE_VM / vfork)"), (KCMP_SIGHAND, "its signal handlers (CLONE_SIGHAND)")]
+    {
         if kcmp(pid, ppid, kind, 0, 0) == Some(0) {
             return Some(what);
         }
     }
     None
+}
+
+/// Whether `pid` shares its fd table (CLONE_FILES) and its fs state
+/// (CLONE_FS) with `ppid`.
+pub fn shares_with_parent(pid: i32, ppid: i32) -> (bool, bool) {
+    (kcmp(pid, ppid, KCMP_FILES, 0, 0) == Some(0), kcmp(pid, ppid, KCMP_FS, 0, 0) == Some(0))
 }
 
 /// A pipe or socket of the forest that a process outside it also holds.
@@ -78,27 +82,17 @@ pub struct OutsideHolder {
 }
 
 /// Looks through every other process's fds for the forest's pipes and sockets.
-pub fn find_outside_holders(
-    objects: &[(i32, i32, String)],
-    forest: &[i32],
-) -> Option<OutsideHolder> {
+pub fn find_outside_holders(objects: &[(i32, i32, String)], forest: &[i32]) -> Option<OutsideHolder> {
     if objects.is_empty() {
         return None;
     }
-    let wanted: HashMap<&str, (i32, i32)> = objects
-        .iter()
-        .map(|(p, f, l)| (l.as_str(), (*p, *f)))
-        .collect();
+    let wanted: HashMap<&str, (i32, i32)> = objects.iter().map(|(p, f, l)| (l.as_str(), (*p, *f))).collect();
     let me = std::process::id() as i32;
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return None;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
         if pid == me || forest.contains(&pid) {

@@ -11,25 +11,67 @@ pub fn show(dir: &ImageDir, only: Option<&str>) -> Result<Value, ImageError> {
     }
     let inv = dir.read_inventory()?;
     let mut tasks = Map::new();
+    let mut all = Vec::new();
     for &pid in &inv.tasks {
         let task = dir.read_task(pid)?;
         let pagemap = dir.read_pagemap(pid)?;
-        tasks.insert(
-            pid.to_string(),
-            json!({ "task": task_json(&task), "pagemap": to_value(&pagemap) }),
-        );
+        tasks.insert(pid.to_string(), json!({ "task": task_json(&task), "pagemap": to_value(&pagemap) }));
+        all.push(task);
     }
-    Ok(json!({ "inventory": to_value(&inv), "tasks": Value::Object(tasks) }))
+    Ok(json!({
+        "inventory": to_value(&inv),
+        "forest": forest_json(&inv, &all),
+        "tasks": Value::Object(tasks),
+    }))
+}
+
+/// The forest at a glance: the tree of processes and the objects shared
+/// between fds and tasks, with who holds them.
+fn forest_json(inv: &pb::Inventory, tasks: &[pb::Task]) -> Value {
+    use std::collections::BTreeMap;
+    let procs: Vec<Value> = tasks
+        .iter()
+        .map(|t| {
+            json!({
+                "pid": t.pid, "ppid": t.ppid, "pgid": t.pgid, "sid": t.sid, "comm": t.comm,
+                "root": inv.roots.contains(&t.pid),
+                "threads": t.threads.iter().map(|x| x.tid).collect::<Vec<_>>(),
+                "zombie": t.zombie, "stopped": t.stopped,
+            })
+        })
+        .collect();
+    let mut files: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
+    let mut memory: BTreeMap<(String, u64), Vec<Value>> = BTreeMap::new();
+    for t in tasks {
+        for f in &t.fds {
+            files
+                .entry(f.file_id)
+                .or_default()
+                .push(json!({ "pid": t.pid, "fd": f.fd, "object": f.link, "handler": f.handler }));
+        }
+        for v in t.vmas.iter().filter(|v| v.flags & libc::MAP_SHARED as u32 != 0 && v.ino != 0) {
+            memory
+                .entry((v.name.clone(), v.ino))
+                .or_default()
+                .push(json!({ "pid": t.pid, "start": format!("{:#x}", v.start), "end": format!("{:#x}", v.end) }));
+        }
+    }
+    let shared_files: Vec<Value> = files
+        .into_iter()
+        .filter(|(_, h)| h.len() > 1)
+        .map(|(id, holders)| json!({ "file_id": id, "holders": holders }))
+        .collect();
+    let shared_memory: Vec<Value> = memory
+        .into_iter()
+        .filter(|(_, h)| h.len() > 1)
+        .map(|((name, ino), holders)| json!({ "object": name, "ino": ino, "holders": holders }))
+        .collect();
+    json!({ "roots": inv.roots, "processes": procs, "shared_files": shared_files, "shared_memory": shared_memory })
 }
 
 fn show_one(dir: &ImageDir, name: &str) -> Result<Value, ImageError> {
     let path = dir.path().join(name);
-    let pid = |prefix: &str| -> Option<i32> {
-        name.strip_prefix(prefix)?
-            .strip_suffix(".img")?
-            .parse()
-            .ok()
-    };
+    let pid = |prefix: &str| -> Option<i32> { name.strip_prefix(prefix)?.strip_suffix(".img")?.parse().ok() };
     if name == "inventory.img" {
         return Ok(to_value(&dir.read_inventory()?));
     }
@@ -42,9 +84,7 @@ fn show_one(dir: &ImageDir, name: &str) -> Result<Value, ImageError> {
     if let Some(p) = pid("pages-") {
         let pm = dir.read_pagemap(p)?;
         dir.open_pages(p, pm.total_pages)?;
-        return Ok(
-            json!({ "pages": pm.total_pages, "bytes": pm.total_pages * crate::images::PAGE_SIZE }),
-        );
+        return Ok(json!({ "pages": pm.total_pages, "bytes": pm.total_pages * crate::images::PAGE_SIZE }));
     }
     Err(ImageError::Invalid {
         path,

@@ -26,17 +26,10 @@ pub fn read_sigactions(p: &mut Puppet, scratch: u64) -> Result<Vec<pb::SigAction
     let mut out = Vec::with_capacity(NSIG as usize);
     for signo in 1..=NSIG {
         if signo == libc::SIGKILL as u32 || signo == libc::SIGSTOP as u32 {
-            out.push(pb::SigAction {
-                signo,
-                ..Default::default()
-            });
+            out.push(pb::SigAction { signo, ..Default::default() });
             continue;
         }
-        p.call(
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            [u64::from(signo), 0, scratch, 8, 0, 0],
-        )?;
+        p.call("rt_sigaction", libc::SYS_rt_sigaction, [u64::from(signo), 0, scratch, 8, 0, 0])?;
         let mut b = [0u8; KSIGACTION_LEN];
         p.read(scratch, &mut b)?;
         out.push(pb::SigAction {
@@ -51,11 +44,7 @@ pub fn read_sigactions(p: &mut Puppet, scratch: u64) -> Result<Vec<pb::SigAction
 }
 
 /// Installs every non-default signal action inside the task.
-pub fn write_sigactions(
-    p: &mut Puppet,
-    scratch: u64,
-    acts: &[pb::SigAction],
-) -> Result<(), PuppetError> {
+pub fn write_sigactions(p: &mut Puppet, scratch: u64, acts: &[pb::SigAction]) -> Result<(), PuppetError> {
     for a in acts {
         if a.signo == libc::SIGKILL as u32 || a.signo == libc::SIGSTOP as u32 {
             continue;
@@ -69,11 +58,7 @@ pub fn write_sigactions(
         b[16..24].copy_from_slice(&a.restorer.to_le_bytes());
         b[24..32].copy_from_slice(&a.mask.to_le_bytes());
         p.write(scratch, &b)?;
-        p.call(
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            [u64::from(a.signo), scratch, 0, 8, 0, 0],
-        )?;
+        p.call("rt_sigaction", libc::SYS_rt_sigaction, [u64::from(a.signo), scratch, 0, 8, 0, 0])?;
     }
     Ok(())
 }
@@ -82,33 +67,18 @@ pub fn write_sigactions(
 pub fn read_itimers(p: &mut Puppet, scratch: u64) -> Result<Vec<pb::ITimer>, PuppetError> {
     let mut out = Vec::new();
     for which in ITIMERS {
-        p.call(
-            "getitimer",
-            libc::SYS_getitimer,
-            [u64::from(which), scratch, 0, 0, 0, 0],
-        )?;
+        p.call("getitimer", libc::SYS_getitimer, [u64::from(which), scratch, 0, 0, 0, 0])?;
         let mut b = [0u8; 32];
         p.read(scratch, &mut b)?;
         let us = |off| u64_at(&b, off) * 1_000_000 + u64_at(&b, off + 8);
-        out.push(pb::ITimer {
-            which,
-            interval_us: us(0),
-            value_us: us(16),
-        });
+        out.push(pb::ITimer { which, interval_us: us(0), value_us: us(16) });
     }
     Ok(out)
 }
 
 /// Arms the interval timers that were armed at dump time.
-pub fn write_itimers(
-    p: &mut Puppet,
-    scratch: u64,
-    timers: &[pb::ITimer],
-) -> Result<(), PuppetError> {
-    for t in timers
-        .iter()
-        .filter(|t| t.value_us != 0 || t.interval_us != 0)
-    {
+pub fn write_itimers(p: &mut Puppet, scratch: u64, timers: &[pb::ITimer]) -> Result<(), PuppetError> {
+    for t in timers.iter().filter(|t| t.value_us != 0 || t.interval_us != 0) {
         let mut b = [0u8; 32];
         let put = |b: &mut [u8; 32], off: usize, us: u64| {
             b[off..off + 8].copy_from_slice(&(us / 1_000_000).to_le_bytes());
@@ -117,11 +87,7 @@ pub fn write_itimers(
         put(&mut b, 0, t.interval_us);
         put(&mut b, 16, t.value_us);
         p.write(scratch, &b)?;
-        p.call(
-            "setitimer",
-            libc::SYS_setitimer,
-            [u64::from(t.which), scratch, 0, 0, 0, 0],
-        )?;
+        p.call("setitimer", libc::SYS_setitimer, [u64::from(t.which), scratch, 0, 0, 0, 0])?;
     }
     Ok(())
 }
@@ -130,20 +96,13 @@ pub fn write_itimers(
 pub fn read_rlimits(pid: i32) -> std::io::Result<Vec<pb::Rlimit>> {
     (0..RLIM_NLIMITS)
         .map(|resource| {
-            let mut old = libc::rlimit64 {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
+            let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
             // SAFETY: a null new-limit and a valid out-pointer for the old one.
             let r = unsafe { libc::prlimit64(pid, resource, std::ptr::null(), &mut old) };
             if r != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            Ok(pb::Rlimit {
-                resource,
-                cur: old.rlim_cur,
-                max: old.rlim_max,
-            })
+            Ok(pb::Rlimit { resource, cur: old.rlim_cur, max: old.rlim_max })
         })
         .collect()
 }
@@ -151,18 +110,12 @@ pub fn read_rlimits(pid: i32) -> std::io::Result<Vec<pb::Rlimit>> {
 /// Sets the rlimits of `pid` from outside.
 pub fn write_rlimits(pid: i32, limits: &[pb::Rlimit]) -> std::io::Result<()> {
     for l in limits {
-        let new = libc::rlimit64 {
-            rlim_cur: l.cur,
-            rlim_max: l.max,
-        };
+        let new = libc::rlimit64 { rlim_cur: l.cur, rlim_max: l.max };
         // SAFETY: valid pointer to `new`; null old-limit pointer.
         let r = unsafe { libc::prlimit64(pid, l.resource, &new, std::ptr::null_mut()) };
         if r != 0 {
             let e = std::io::Error::last_os_error();
-            return Err(std::io::Error::new(
-                e.kind(),
-                format!("rlimit {}: {e}", l.resource),
-            ));
+            return Err(std::io::Error::new(e.kind(), format!("rlimit {}: {e}", l.resource)));
         }
     }
     Ok(())
@@ -265,11 +218,7 @@ mod tests {
 
     #[test]
     fn prctl_map_layout() {
-        let mm = pb::MmState {
-            start_code: 1,
-            auxv: vec![0; 4],
-            ..Default::default()
-        };
+        let mm = pb::MmState { start_code: 1, auxv: vec![0; 4], ..Default::default() };
         let b = prctl_mm_map(&mm, 0x1000, 7);
         assert_eq!(b.len(), PRCTL_MM_MAP_LEN);
         assert_eq!(&b[0..8], &1u64.to_le_bytes());

@@ -232,12 +232,7 @@ pub trait Handler: Send + Sync {
 
     /// Recreates a claimed fd and returns a descriptor in crt's own fd table
     /// (crt takes ownership and installs it in the task as number `fd`).
-    fn restore_fd(
-        &self,
-        task: TaskRef<'_>,
-        fd: i32,
-        blob: RSlice<'_, u8>,
-    ) -> RResult<i32, RString> {
+    fn restore_fd(&self, task: TaskRef<'_>, fd: i32, blob: RSlice<'_, u8>) -> RResult<i32, RString> {
         let _ = (task, fd, blob);
         RErr("this handler does not restore fds".into())
     }
@@ -249,12 +244,7 @@ pub trait Handler: Send + Sync {
     }
 
     /// Says how to rebuild a claimed memory area.
-    fn restore_vma(
-        &self,
-        task: TaskRef<'_>,
-        vma: &VmaDesc,
-        blob: RSlice<'_, u8>,
-    ) -> RResult<VmaRestore, RString> {
+    fn restore_vma(&self, task: TaskRef<'_>, vma: &VmaDesc, blob: RSlice<'_, u8>) -> RResult<VmaRestore, RString> {
         let _ = (task, vma, blob);
         RErr("this handler does not restore memory areas".into())
     }

@@ -8,13 +8,7 @@ use super::{boxed, open_raw, Builtin, BUILTIN_VERSION, REOPEN_STRIP};
 use crate::images::pb;
 
 /// Stateless character devices: reopening them by path is a faithful restore.
-const DEVICES: &[&str] = &[
-    "/dev/null",
-    "/dev/zero",
-    "/dev/full",
-    "/dev/random",
-    "/dev/urandom",
-];
+const DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
 
 /// `/dev/null`, `/dev/zero`, `/dev/full`, `/dev/random`, `/dev/urandom`.
 pub struct CharDev;
@@ -45,15 +39,9 @@ impl Handler for CharDev {
         RResult::ROk(img.encode_to_vec().into())
     }
 
-    fn restore_fd(
-        &self,
-        _task: TaskRef<'_>,
-        _fd: i32,
-        blob: RSlice<'_, u8>,
-    ) -> RResult<i32, RString> {
-        let r = pb::RegFile::decode(blob.as_slice())
-            .map_err(|e| format!("corrupt chardev record: {e}"))
-            .and_then(|img| {
+    fn restore_fd(&self, _task: TaskRef<'_>, _fd: i32, blob: RSlice<'_, u8>) -> RResult<i32, RString> {
+        let r =
+            pb::RegFile::decode(blob.as_slice()).map_err(|e| format!("corrupt chardev record: {e}")).and_then(|img| {
                 if !DEVICES.contains(&img.path.as_str()) {
                     return Err(format!("{}: not a device crt reopens", img.path));
                 }

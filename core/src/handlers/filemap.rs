@@ -38,12 +38,7 @@ impl Handler for FileMemory {
         r.map_err(RString::from).into()
     }
 
-    fn restore_vma(
-        &self,
-        _task: TaskRef<'_>,
-        vma: &VmaDesc,
-        blob: RSlice<'_, u8>,
-    ) -> RResult<VmaRestore, RString> {
+    fn restore_vma(&self, _task: TaskRef<'_>, vma: &VmaDesc, blob: RSlice<'_, u8>) -> RResult<VmaRestore, RString> {
         let r = restore(vma, blob.as_slice());
         r.map_err(RString::from).into()
     }
@@ -77,11 +72,7 @@ fn dump(vma: &VmaDesc) -> Result<VmaDump, String> {
     };
     Ok(VmaDump {
         blob: img.encode_to_vec().into(),
-        pages: if vma.shared {
-            PagePolicy::None
-        } else {
-            PagePolicy::Private
-        },
+        pages: if vma.shared { PagePolicy::None } else { PagePolicy::Private },
     })
 }
 
@@ -91,10 +82,7 @@ fn restore(vma: &VmaDesc, blob: &[u8]) -> Result<VmaRestore, String> {
     let fd = open_raw(&img.path, if write { libc::O_RDWR } else { libc::O_RDONLY })?;
     // SAFETY: fd was just opened and is owned here.
     let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let size = file
-        .metadata()
-        .map_err(|e| format!("stat {}: {e}", img.path))?
-        .len() as i64;
+    let size = file.metadata().map_err(|e| format!("stat {}: {e}", img.path))?.len() as i64;
     if size != img.size {
         return Err(format!(
             "{}: size is {size} bytes, but was {} at dump time; the mapped file changed since the dump",

@@ -27,31 +27,19 @@ impl Handler for AnonMemory {
 
     fn claims_vma(&self, vma: &VmaDesc) -> bool {
         let name = vma.name.as_str();
-        let anon = vma.ino == 0
-            && (name.is_empty()
-                || name == "[heap]"
-                || name == "[stack]"
-                || name.starts_with("[anon:"));
+        let anon =
+            vma.ino == 0 && (name.is_empty() || name == "[heap]" || name == "[stack]" || name.starts_with("[anon:"));
         (anon && !vma.shared) || is_shared_anon(vma)
     }
 
     fn dump_vma(&self, _task: TaskRef<'_>, vma: &VmaDesc) -> RResult<VmaDump, RString> {
         RResult::ROk(VmaDump {
             blob: RVec::new(),
-            pages: if vma.shared {
-                PagePolicy::All
-            } else {
-                PagePolicy::Private
-            },
+            pages: if vma.shared { PagePolicy::All } else { PagePolicy::Private },
         })
     }
 
-    fn restore_vma(
-        &self,
-        _task: TaskRef<'_>,
-        _vma: &VmaDesc,
-        _blob: RSlice<'_, u8>,
-    ) -> RResult<VmaRestore, RString> {
+    fn restore_vma(&self, _task: TaskRef<'_>, _vma: &VmaDesc, _blob: RSlice<'_, u8>) -> RResult<VmaRestore, RString> {
         RResult::ROk(VmaRestore::Anonymous)
     }
 }

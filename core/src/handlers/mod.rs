@@ -11,6 +11,7 @@ use crt_plugin_api::{FdDesc, Handler, HandlerBox, Handler_TO, VmaDesc};
 
 mod chardev;
 mod filemap;
+mod memfd;
 mod memory;
 mod pipe;
 mod regfile;
@@ -47,17 +48,12 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut list: Vec<&Builtin> = inventory::iter::<Builtin>.into_iter().collect();
         list.sort_by_key(|b| b.priority);
-        Self {
-            handlers: list.into_iter().map(|b| (b.make)()).collect(),
-        }
+        Self { handlers: list.into_iter().map(|b| (b.make)()).collect() }
     }
 
     /// Handler names in claim order.
     pub fn names(&self) -> Vec<String> {
-        self.handlers
-            .iter()
-            .map(|h| h.name().into_string())
-            .collect()
+        self.handlers.iter().map(|h| h.name().into_string()).collect()
     }
 
     /// The first handler that claims `fd`.
@@ -97,8 +93,7 @@ fn open_raw(path: &str, flags: i32) -> Result<i32, String> {
 }
 
 /// Flags that must not be replayed when reopening a file.
-const REOPEN_STRIP: i32 =
-    libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC;
+const REOPEN_STRIP: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC;
 
 fn is_deleted(link: &str) -> bool {
     link.ends_with(" (deleted)")

@@ -69,14 +69,7 @@ fn peek(pid: i32, fd: i32) -> Result<(u32, Vec<u8>), String> {
     let (tmp_r, tmp_w) = pipe2()?;
     fcntl(&tmp_w, libc::F_SETPIPE_SZ, size)?;
     // SAFETY: tee between two pipe fds we own; no memory is passed.
-    let n = unsafe {
-        libc::tee(
-            reader.as_raw_fd(),
-            tmp_w.as_raw_fd(),
-            size as usize,
-            libc::SPLICE_F_NONBLOCK,
-        )
-    };
+    let n = unsafe { libc::tee(reader.as_raw_fd(), tmp_w.as_raw_fd(), size as usize, libc::SPLICE_F_NONBLOCK) };
     if n < 0 {
         let e = std::io::Error::last_os_error();
         if e.kind() == std::io::ErrorKind::WouldBlock {
@@ -86,9 +79,7 @@ fn peek(pid: i32, fd: i32) -> Result<(u32, Vec<u8>), String> {
     }
     drop(tmp_w);
     let mut data = Vec::with_capacity(n as usize);
-    std::fs::File::from(tmp_r)
-        .read_to_end(&mut data)
-        .map_err(|e| format!("reading the copied bytes: {e}"))?;
+    std::fs::File::from(tmp_r).read_to_end(&mut data).map_err(|e| format!("reading the copied bytes: {e}"))?;
     Ok((size as u32, data))
 }
 
@@ -108,17 +99,9 @@ impl Handler for Pipe {
     }
 
     fn dump_fd(&self, _task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
-        let first = self
-            .dumped
-            .lock()
-            .map(|mut s| s.insert(fd.ino))
-            .unwrap_or(false);
+        let first = self.dumped.lock().map(|mut s| s.insert(fd.ino)).unwrap_or(false);
         let r = (|| -> Result<Vec<u8>, String> {
-            let (pipe_size, data) = if first {
-                peek(fd.pid, fd.fd)?
-            } else {
-                (0, Vec::new())
-            };
+            let (pipe_size, data) = if first { peek(fd.pid, fd.fd)? } else { (0, Vec::new()) };
             let img = pb::PipeEnd {
                 ino: fd.ino,
                 write_end: fd.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32,
@@ -132,12 +115,7 @@ impl Handler for Pipe {
         r.map(RVec::from).map_err(RString::from).into()
     }
 
-    fn restore_fd(
-        &self,
-        _task: TaskRef<'_>,
-        _fd: i32,
-        blob: RSlice<'_, u8>,
-    ) -> RResult<i32, RString> {
+    fn restore_fd(&self, _task: TaskRef<'_>, _fd: i32, blob: RSlice<'_, u8>) -> RResult<i32, RString> {
         self.restore(blob.as_slice()).map_err(RString::from).into()
     }
 
@@ -157,10 +135,7 @@ impl Handler for Pipe {
 impl Pipe {
     fn restore(&self, blob: &[u8]) -> Result<i32, String> {
         let img = pb::PipeEnd::decode(blob).map_err(|e| format!("corrupt pipe record: {e}"))?;
-        let mut made = self
-            .made
-            .lock()
-            .map_err(|_| "pipe state poisoned".to_string())?;
+        let mut made = self.made.lock().map_err(|_| "pipe state poisoned".to_string())?;
         let (r, w) = match made.entry(img.ino) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -174,15 +149,11 @@ impl Pipe {
         let (r, w) = (&*r, &*w);
         if img.has_data && !img.data.is_empty() {
             let mut f = std::fs::File::from(w.try_clone().map_err(|e| format!("dup: {e}"))?);
-            f.write_all(&img.data)
-                .map_err(|e| format!("refilling the pipe with {} bytes: {e}", img.data.len()))?;
+            f.write_all(&img.data).map_err(|e| format!("refilling the pipe with {} bytes: {e}", img.data.len()))?;
         }
         let end = if img.write_end { w } else { r };
         let status = img.flags as i32 & (libc::O_NONBLOCK | libc::O_DIRECT);
         fcntl(end, libc::F_SETFL, status)?;
-        Ok(end
-            .try_clone()
-            .map_err(|e| format!("dup: {e}"))?
-            .into_raw_fd())
+        Ok(end.try_clone().map_err(|e| format!("dup: {e}"))?.into_raw_fd())
     }
 }

@@ -32,11 +32,8 @@ impl Handler for RegFile {
     fn dump_fd(&self, _task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
         if is_deleted(&fd.link) {
             return RResult::RErr(
-                format!(
-                    "{} was deleted (or is a memfd) while open; crt cannot restore deleted files yet",
-                    fd.link
-                )
-                .into(),
+                format!("{} was deleted (or is a memfd) while open; crt cannot restore deleted files yet", fd.link)
+                    .into(),
             );
         }
         let img = pb::RegFile {
@@ -52,12 +49,7 @@ impl Handler for RegFile {
         RResult::ROk(img.encode_to_vec().into())
     }
 
-    fn restore_fd(
-        &self,
-        _task: TaskRef<'_>,
-        _fd: i32,
-        blob: RSlice<'_, u8>,
-    ) -> RResult<i32, RString> {
+    fn restore_fd(&self, _task: TaskRef<'_>, _fd: i32, blob: RSlice<'_, u8>) -> RResult<i32, RString> {
         restore(blob.as_slice()).map_err(RString::from).into()
     }
 }
@@ -68,10 +60,7 @@ fn restore(blob: &[u8]) -> Result<i32, String> {
     // SAFETY: fd was just opened by us and is owned here.
     let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let meta = std::fs::File::from(owned);
-    let size = meta
-        .metadata()
-        .map_err(|e| format!("stat {}: {e}", img.path))?
-        .len() as i64;
+    let size = meta.metadata().map_err(|e| format!("stat {}: {e}", img.path))?.len() as i64;
     // A file opened O_APPEND that only grew is safe: writes land at the end.
     let appended = img.flags as i32 & libc::O_APPEND != 0 && size > img.size;
     if size != img.size && !appended {

@@ -18,25 +18,11 @@ pub fn own_sigactions() -> Vec<pb::SigAction> {
             let mut b = [0u64; 4];
             // SAFETY: a null new action and a 32-byte out buffer, as the
             // kernel's rt_sigaction expects with sigsetsize 8.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    signo,
-                    0usize,
-                    b.as_mut_ptr(),
-                    8usize,
-                )
-            };
+            let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, signo, 0usize, b.as_mut_ptr(), 8usize) };
             if r != 0 {
                 b = [0; 4];
             }
-            pb::SigAction {
-                signo,
-                handler: b[0],
-                flags: b[1],
-                restorer: b[2],
-                mask: b[3],
-            }
+            pb::SigAction { signo, handler: b[0], flags: b[1], restorer: b[2], mask: b[3] }
         })
         .collect()
 }
@@ -44,19 +30,13 @@ pub fn own_sigactions() -> Vec<pb::SigAction> {
 impl Builder {
     /// cwd, umask, name, personality.
     pub(super) fn set_attributes(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
-        let mut cwd = task.cwd.clone().into_bytes();
-        cwd.push(0);
-        self.p.write(self.scratch + S_ARG, &cwd)?;
-        self.p.call(
-            "chdir",
-            libc::SYS_chdir,
-            [self.scratch + S_ARG, 0, 0, 0, 0, 0],
-        )?;
-        self.p.call(
-            "umask",
-            libc::SYS_umask,
-            [u64::from(task.umask), 0, 0, 0, 0, 0],
-        )?;
+        if !self.shares_fs {
+            let mut cwd = task.cwd.clone().into_bytes();
+            cwd.push(0);
+            self.p.write(self.scratch + S_ARG, &cwd)?;
+            self.p.call("chdir", libc::SYS_chdir, [self.scratch + S_ARG, 0, 0, 0, 0, 0])?;
+            self.p.call("umask", libc::SYS_umask, [u64::from(task.umask), 0, 0, 0, 0, 0])?;
+        }
         let mut comm = task.comm.clone().into_bytes();
         comm.truncate(15);
         comm.push(0);
@@ -67,22 +47,14 @@ impl Builder {
             [libc::PR_SET_NAME as u64, self.scratch + S_ARG, 0, 0, 0, 0],
         )?;
         if procfs::personality(self.pid)? != task.personality {
-            self.p.call(
-                "personality",
-                libc::SYS_personality,
-                [u64::from(task.personality), 0, 0, 0, 0, 0],
-            )?;
+            self.p.call("personality", libc::SYS_personality, [u64::from(task.personality), 0, 0, 0, 0, 0])?;
         }
         Ok(())
     }
 
     /// Signal actions (where they differ from crt's), masks, timers and
     /// pending signals.
-    pub(super) fn set_signals(
-        &mut self,
-        ctx: &RestoreCtx<'_>,
-        task: &pb::Task,
-    ) -> Result<(), RestoreError> {
+    pub(super) fn set_signals(&mut self, ctx: &RestoreCtx<'_>, task: &pb::Task) -> Result<(), RestoreError> {
         let changed: Vec<pb::SigAction> = task
             .sigactions
             .iter()
@@ -96,21 +68,16 @@ impl Builder {
         }
         task_state::write_itimers(&mut self.p, self.scratch + S_ARG, &task.itimers)?;
         let pid = self.pid as u64;
-        let queue = task.shared_pending.iter().map(|i| (None, i)).chain(
-            task.threads
-                .iter()
-                .flat_map(|t| t.pending.iter().map(move |i| (Some(t.tid), i))),
-        );
+        let queue = task
+            .shared_pending
+            .iter()
+            .map(|i| (None, i))
+            .chain(task.threads.iter().flat_map(|t| t.pending.iter().map(move |i| (Some(t.tid), i))));
         for (tid, info) in queue {
             if info.raw.len() != ptrace::SIGINFO_LEN {
                 continue;
             }
-            let signo = u64::from(u32::from_le_bytes([
-                info.raw[0],
-                info.raw[1],
-                info.raw[2],
-                info.raw[3],
-            ]));
+            let signo = u64::from(u32::from_le_bytes([info.raw[0], info.raw[1], info.raw[2], info.raw[3]]));
             self.p.write(self.scratch + S_ARG, &info.raw)?;
             match tid {
                 None => self.p.call(
@@ -149,16 +116,10 @@ impl Builder {
         }
         let scratch = self.scratch + S_ARG;
         let g: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-        let threads: Vec<&mut Puppet> = std::iter::once(&mut self.p)
-            .chain(self.threads.iter_mut())
-            .collect();
+        let threads: Vec<&mut Puppet> = std::iter::once(&mut self.p).chain(self.threads.iter_mut()).collect();
         for p in threads {
             p.write(scratch, &g)?;
-            p.call(
-                "setgroups",
-                libc::SYS_setgroups,
-                [c.groups.len() as u64, scratch, 0, 0, 0, 0],
-            )?;
+            p.call("setgroups", libc::SYS_setgroups, [c.groups.len() as u64, scratch, 0, 0, 0, 0])?;
             if c.gids.len() == 4 {
                 let [r, e, s, _] = [c.gids[0], c.gids[1], c.gids[2], c.gids[3]].map(u64::from);
                 p.call("setresgid", libc::SYS_setresgid, [r, e, s, 0, 0, 0])?;
@@ -173,13 +134,11 @@ impl Builder {
 
     /// Drops scratch and crt's pidfd, then loads every thread's registers.
     pub(super) fn finish(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
-        let t = self.remote_pidfd;
-        self.close_remote(t)?;
-        self.p.call(
-            "munmap(scratch)",
-            libc::SYS_munmap,
-            [self.scratch, SCRATCH_LEN, 0, 0, 0, 0],
-        )?;
+        if !self.shares_files {
+            let t = self.remote_pidfd;
+            self.close_remote(t)?;
+        }
+        self.p.call("munmap(scratch)", libc::SYS_munmap, [self.scratch, SCRATCH_LEN, 0, 0, 0, 0])?;
         let tids = std::iter::once(self.pid).chain(self.threads.iter().map(Puppet::tid));
         for (tid, img) in tids.zip(&task.threads) {
             let Some(mut regs) = ptrace::regs_from_bytes(&img.regs) else {
@@ -194,44 +153,20 @@ impl Builder {
 }
 
 fn thread_state(p: &mut Puppet, img: &pb::Thread, scratch: u64) -> Result<(), RestoreError> {
-    p.call(
-        "set_tid_address",
-        libc::SYS_set_tid_address,
-        [img.clear_child_tid, 0, 0, 0, 0, 0],
-    )?;
-    let alt = img.altstack.unwrap_or(pb::SigAltStack {
-        sp: 0,
-        flags: libc::SS_DISABLE,
-        size: 0,
-    });
+    p.call("set_tid_address", libc::SYS_set_tid_address, [img.clear_child_tid, 0, 0, 0, 0, 0])?;
+    let alt = img.altstack.unwrap_or(pb::SigAltStack { sp: 0, flags: libc::SS_DISABLE, size: 0 });
     let mut b = Vec::with_capacity(24);
-    let flags = if alt.flags & libc::SS_DISABLE != 0 {
-        libc::SS_DISABLE
-    } else {
-        alt.flags & !libc::SS_ONSTACK
-    };
+    let flags = if alt.flags & libc::SS_DISABLE != 0 { libc::SS_DISABLE } else { alt.flags & !libc::SS_ONSTACK };
     b.extend_from_slice(&alt.sp.to_le_bytes());
     b.extend_from_slice(&(flags as u64).to_le_bytes());
     b.extend_from_slice(&alt.size.to_le_bytes());
     p.write(scratch, &b)?;
-    let r = p.syscall_raw(
-        "sigaltstack",
-        libc::SYS_sigaltstack,
-        [scratch, 0, 0, 0, 0, 0],
-    )?;
+    let r = p.syscall_raw("sigaltstack", libc::SYS_sigaltstack, [scratch, 0, 0, 0, 0, 0])?;
     if r < 0 {
-        warn!(
-            tid = p.tid(),
-            "sigaltstack: {}",
-            std::io::Error::from_raw_os_error(-r as i32)
-        );
+        warn!(tid = p.tid(), "sigaltstack: {}", std::io::Error::from_raw_os_error(-r as i32));
     }
     if let Some(r) = &img.rseq {
-        p.call(
-            "rseq",
-            libc::SYS_rseq,
-            [r.ptr, u64::from(r.size), 0, u64::from(r.signature), 0, 0],
-        )?;
+        p.call("rseq", libc::SYS_rseq, [r.ptr, u64::from(r.size), 0, u64::from(r.signature), 0, 0])?;
     }
     Ok(())
 }

@@ -7,10 +7,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use crt_plugin_api::VmaRestore;
 use tracing::warn;
 
-use super::{
-    image_vma_desc, other, step, Builder, Loaded, RestoreCtx, SCRATCH_FLOOR, SCRATCH_LEN, S_ARG,
-    S_AUXV,
-};
+use super::{image_vma_desc, other, step, Builder, Loaded, RestoreCtx, SCRATCH_FLOOR, SCRATCH_LEN, S_ARG, S_AUXV};
 use crate::collect::task_ref;
 use crate::dump::VDSO_NAMES;
 use crate::images::{pb, PAGE_SIZE};
@@ -22,17 +19,11 @@ use crate::task_state;
 impl Builder {
     /// The task's current `[vvar]`, `[vvar_vclock]`, `[vdso]`, in address order.
     fn vdso_block(&self) -> Result<Vec<MapsEntry>, RestoreError> {
-        let mut block: Vec<MapsEntry> = procfs::maps(self.pid)?
-            .into_iter()
-            .filter(|m| VDSO_NAMES.contains(&m.name.as_str()))
-            .collect();
+        let mut block: Vec<MapsEntry> =
+            procfs::maps(self.pid)?.into_iter().filter(|m| VDSO_NAMES.contains(&m.name.as_str())).collect();
         block.sort_by_key(|m| m.start);
         if block.len() != VDSO_NAMES.len() {
-            return Err(other(
-                self.pid,
-                "finding the vdso",
-                format!("found {} of its 3 mappings", block.len()),
-            ));
+            return Err(other(self.pid, "finding the vdso", format!("found {} of its 3 mappings", block.len())));
         }
         Ok(block)
     }
@@ -42,17 +33,10 @@ impl Builder {
         let block = self.vdso_block()?;
         let lo = block[0].start;
         let hi = block[block.len() - 1].end;
-        let top = procfs::maps(self.pid)?
-            .iter()
-            .filter(|m| m.name != "[vsyscall]")
-            .map(|m| m.end)
-            .max()
-            .unwrap_or(hi);
-        self.p
-            .call("munmap", libc::SYS_munmap, [0, lo, 0, 0, 0, 0])?;
+        let top = procfs::maps(self.pid)?.iter().filter(|m| m.name != "[vsyscall]").map(|m| m.end).max().unwrap_or(hi);
+        self.p.call("munmap", libc::SYS_munmap, [0, lo, 0, 0, 0, 0])?;
         if top > hi {
-            self.p
-                .call("munmap", libc::SYS_munmap, [hi, top - hi, 0, 0, 0, 0])?;
+            self.p.call("munmap", libc::SYS_munmap, [hi, top - hi, 0, 0, 0, 0])?;
         }
         Ok(())
     }
@@ -83,11 +67,7 @@ impl Builder {
             let old = from + (m.start - base);
             let new = to + (m.start - base);
             let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-            self.p.call(
-                "mremap(vdso)",
-                libc::SYS_mremap,
-                [old, len, len, flags, new, 0],
-            )?;
+            self.p.call("mremap(vdso)", libc::SYS_mremap, [old, len, len, flags, new, 0])?;
             if m.name == "[vdso]" {
                 let g = self.p.gadget();
                 self.p.set_gadget(g - old + new);
@@ -97,17 +77,8 @@ impl Builder {
     }
 
     /// Maps crt's scratch area in a hole of the dumped address space.
-    pub(super) fn map_scratch(
-        &mut self,
-        task: &pb::Task,
-        mm: &pb::MmState,
-    ) -> Result<(), RestoreError> {
-        let mut taken: Vec<(u64, u64)> = task
-            .vmas
-            .iter()
-            .chain(&mm.vdso_block)
-            .map(|v| (v.start, v.end))
-            .collect();
+    pub(super) fn map_scratch(&mut self, task: &pb::Task, mm: &pb::MmState) -> Result<(), RestoreError> {
+        let mut taken: Vec<(u64, u64)> = task.vmas.iter().chain(&mm.vdso_block).map(|v| (v.start, v.end)).collect();
         taken.sort_unstable();
         // Leave a guard page on both sides so stacks growing down keep their gap.
         let mut at = SCRATCH_FLOOR;
@@ -119,20 +90,12 @@ impl Builder {
         }
         let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
-        self.scratch = self.p.call(
-            "mmap(scratch)",
-            libc::SYS_mmap,
-            [at, SCRATCH_LEN, prot, flags, u64::MAX, 0],
-        )?;
+        self.scratch = self.p.call("mmap(scratch)", libc::SYS_mmap, [at, SCRATCH_LEN, prot, flags, u64::MAX, 0])?;
         Ok(())
     }
 
     /// Maps every memory area through the handler that dumped it.
-    pub(super) fn map_areas(
-        &mut self,
-        ctx: &mut RestoreCtx<'_>,
-        task: &pb::Task,
-    ) -> Result<(), RestoreError> {
+    pub(super) fn map_areas(&mut self, ctx: &mut RestoreCtx<'_>, task: &pb::Task) -> Result<(), RestoreError> {
         let _s = tracing::info_span!("map").entered();
         for v in &task.vmas {
             let got = self.map_area(ctx, v)?;
@@ -151,12 +114,7 @@ impl Builder {
     fn map_area(&mut self, ctx: &mut RestoreCtx<'_>, v: &pb::Vma) -> Result<u64, RestoreError> {
         let len = v.end - v.start;
         let shared = v.flags & libc::MAP_SHARED as u32 != 0;
-        let mut flags = libc::MAP_FIXED
-            | if shared {
-                libc::MAP_SHARED
-            } else {
-                libc::MAP_PRIVATE
-            };
+        let mut flags = libc::MAP_FIXED | if shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
         if v.flags & libc::MAP_GROWSDOWN as u32 != 0 {
             flags |= libc::MAP_GROWSDOWN;
         }
@@ -164,8 +122,7 @@ impl Builder {
             flags |= libc::MAP_NORESERVE;
         }
         // Shared anonymous memory seen in an earlier task: map the same object.
-        let shared_anon =
-            shared && v.flags & libc::MAP_ANONYMOUS as u32 == 0 && v.handler == "anon-memory";
+        let shared_anon = shared && v.flags & libc::MAP_ANONYMOUS as u32 == 0 && v.handler == "anon-memory";
         if shared_anon {
             if let Some(&(owner, s, e)) = ctx.shmem.get(&v.ino) {
                 let path = format!("/proc/{owner}/map_files/{s:x}-{e:x}");
@@ -180,8 +137,7 @@ impl Builder {
                 return Err(other(
                     self.pid,
                     format!("mapping {:#x}-{:#x}", v.start, v.end),
-                    "shared anonymous memory first seen at a non-zero offset is not supported"
-                        .into(),
+                    "shared anonymous memory first seen at a non-zero offset is not supported".into(),
                 ));
             }
             ctx.shmem.insert(v.ino, (self.pid, v.start, v.end));
@@ -189,33 +145,23 @@ impl Builder {
         let h = ctx
             .registry
             .by_name(&v.handler)
-            .ok_or_else(|| RestoreError::MissingHandler {
-                name: v.handler.clone(),
-                version: String::new(),
-            })?;
+            .ok_or_else(|| RestoreError::MissingHandler { name: v.handler.clone(), version: String::new() })?;
         let desc = image_vma_desc(self.pid, v);
-        let how = h
-            .restore_vma(task_ref(&mut self.p), &desc, v.blob.as_slice().into())
-            .into_result()
-            .map_err(|msg| RestoreError::Handler {
-                pid: self.pid,
-                what: format!("memory {:#x}-{:#x} {}", v.start, v.end, v.name),
-                handler: v.handler.clone(),
-                msg: msg.into_string(),
+        let how =
+            h.restore_vma(task_ref(&mut self.p), &desc, v.blob.as_slice().into()).into_result().map_err(|msg| {
+                RestoreError::Handler {
+                    pid: self.pid,
+                    what: format!("memory {:#x}-{:#x} {}", v.start, v.end, v.name),
+                    handler: v.handler.clone(),
+                    msg: msg.into_string(),
+                }
             })?;
         match how {
             VmaRestore::Done => Ok(v.start),
             VmaRestore::Anonymous => Ok(self.p.call(
                 "mmap",
                 libc::SYS_mmap,
-                [
-                    v.start,
-                    len,
-                    u64::from(v.prot),
-                    (flags | libc::MAP_ANONYMOUS) as u64,
-                    u64::MAX,
-                    0,
-                ],
+                [v.start, len, u64::from(v.prot), (flags | libc::MAP_ANONYMOUS) as u64, u64::MAX, 0],
             )?),
             VmaRestore::MapFd(fd) => {
                 // SAFETY: the handler hands us ownership of this fd.
@@ -230,14 +176,7 @@ impl Builder {
         let r = self.p.call(
             "mmap(file)",
             libc::SYS_mmap,
-            [
-                v.start,
-                v.end - v.start,
-                u64::from(v.prot),
-                flags as u64,
-                rfd,
-                v.pgoff,
-            ],
+            [v.start, v.end - v.start, u64::from(v.prot), flags as u64, rfd, v.pgoff],
         );
         self.close_remote(rfd)?;
         Ok(r?)
@@ -260,10 +199,7 @@ impl Builder {
                     [v.start, v.end - v.start, advice as u64, 0, 0, 0],
                 )?;
                 if r < 0 {
-                    warn!(
-                        pid = self.pid,
-                        flag, "madvise on {:#x}-{:#x} failed: {r}", v.start, v.end
-                    );
+                    warn!(pid = self.pid, flag, "madvise on {:#x}-{:#x} failed: {r}", v.start, v.end);
                 }
             }
         }
@@ -272,28 +208,13 @@ impl Builder {
 
     /// Writes the stored pages into the task.
     pub(super) fn fill(&mut self, loaded: &Loaded) -> Result<u64, RestoreError> {
-        let runs: Vec<Run> = loaded
-            .pagemap
-            .runs
-            .iter()
-            .map(|r| Run {
-                vaddr: r.vaddr,
-                pages: r.nr_pages,
-            })
-            .collect();
+        let runs: Vec<Run> = loaded.pagemap.runs.iter().map(|r| Run { vaddr: r.vaddr, pages: r.nr_pages }).collect();
         let vmas = &loaded.task.vmas;
         let writable = |addr: u64| {
             let i = vmas.partition_point(|v| v.end <= addr);
-            vmas.get(i)
-                .is_some_and(|v| v.start <= addr && v.prot & libc::PROT_WRITE as u32 != 0)
+            vmas.get(i).is_some_and(|v| v.start <= addr && v.prot & libc::PROT_WRITE as u32 != 0)
         };
-        Ok(mem::fill_pages(
-            self.pid,
-            &runs,
-            &loaded.pages,
-            PAGE_SIZE,
-            writable,
-        )?)
+        Ok(mem::fill_pages(self.pid, &runs, &loaded.pages, PAGE_SIZE, writable)?)
     }
 
     /// `PR_SET_MM_MAP`: code/data/brk/stack/args/env bounds, auxv, exe.
@@ -302,17 +223,11 @@ impl Builder {
         let exe = File::open(&mm.exe).map_err(step(self.pid, "opening the executable"))?;
         // A task created by a restored parent already runs the same program
         // (and the kernel refuses to switch to a file that is mapped).
-        let same =
-            |a: &std::fs::Metadata, b: &std::fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
+        let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
         let current = std::fs::metadata(format!("/proc/{}/exe", self.pid)).ok();
-        let wanted = exe
-            .metadata()
-            .map_err(step(self.pid, "opening the executable"))?;
-        let exe_fd = if current.is_some_and(|c| same(&c, &wanted)) {
-            u64::from(u32::MAX)
-        } else {
-            self.install(exe.into())?
-        };
+        let wanted = exe.metadata().map_err(step(self.pid, "opening the executable"))?;
+        let exe_fd =
+            if current.is_some_and(|c| same(&c, &wanted)) { u64::from(u32::MAX) } else { self.install(exe.into())? };
         let auxv: Vec<u8> = mm.auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
         self.p.write(self.scratch + S_AUXV, &auxv)?;
         let map = task_state::prctl_mm_map(mm, self.scratch + S_AUXV, exe_fd as u32);
@@ -320,14 +235,7 @@ impl Builder {
         let r = self.p.call(
             "prctl(PR_SET_MM_MAP)",
             libc::SYS_prctl,
-            [
-                libc::PR_SET_MM as u64,
-                libc::PR_SET_MM_MAP as u64,
-                self.scratch + S_ARG,
-                map.len() as u64,
-                0,
-                0,
-            ],
+            [libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, self.scratch + S_ARG, map.len() as u64, 0, 0],
         );
         if exe_fd != u64::from(u32::MAX) {
             self.close_remote(exe_fd)?;

@@ -57,31 +57,17 @@ const SCRATCH_FLOOR: u64 = 0x10_0000;
 
 /// Consistency checks of a task image against this machine.
 pub fn check_task(dir: &ImageDir, task: &pb::Task, own: &[MapsEntry]) -> Result<(), RestoreError> {
-    let invalid = |what: String| -> RestoreError {
-        ImageError::Invalid {
-            path: dir.task_path(task.pid),
-            what,
-        }
-        .into()
-    };
-    let mm = task
-        .mm
-        .as_ref()
-        .ok_or_else(|| invalid("no mm state".into()))?;
+    let invalid = |what: String| -> RestoreError { ImageError::Invalid { path: dir.task_path(task.pid), what }.into() };
+    let mm = task.mm.as_ref().ok_or_else(|| invalid("no mm state".into()))?;
     if task.threads.is_empty() {
         return Err(invalid("no threads".into()));
     }
     if mm.vdso_block.len() != own.len() {
-        return Err(invalid(format!(
-            "vdso block has {} mappings, this kernel has {}",
-            mm.vdso_block.len(),
-            own.len()
-        )));
+        return Err(invalid(format!("vdso block has {} mappings, this kernel has {}", mm.vdso_block.len(), own.len())));
     }
     for (i, (img, mine)) in mm.vdso_block.iter().zip(own).enumerate() {
         let same_size = img.end - img.start == mine.end - mine.start;
-        let same_off =
-            img.start.wrapping_sub(mm.vdso_block[0].start) == mine.start.wrapping_sub(own[0].start);
+        let same_off = img.start.wrapping_sub(mm.vdso_block[0].start) == mine.start.wrapping_sub(own[0].start);
         if img.name != mine.name || !same_size || !same_off {
             return Err(invalid(format!(
                 "vdso mapping {i} ({}, {} bytes) differs from this kernel's ({}, {} bytes)",
@@ -94,23 +80,13 @@ pub fn check_task(dir: &ImageDir, task: &pb::Task, own: &[MapsEntry]) -> Result<
     }
     for t in &task.threads {
         if ptrace::regs_from_bytes(&t.regs).is_none() {
-            return Err(invalid(format!(
-                "thread {}: registers have the wrong size",
-                t.tid
-            )));
+            return Err(invalid(format!("thread {}: registers have the wrong size", t.tid)));
         }
     }
     let mut last_end = 0;
     for v in &task.vmas {
-        if v.start >= v.end
-            || v.start < last_end
-            || v.start % PAGE_SIZE != 0
-            || v.end % PAGE_SIZE != 0
-        {
-            return Err(invalid(format!(
-                "memory area {:#x}-{:#x} is malformed or out of order",
-                v.start, v.end
-            )));
+        if v.start >= v.end || v.start < last_end || v.start % PAGE_SIZE != 0 || v.end % PAGE_SIZE != 0 {
+            return Err(invalid(format!("memory area {:#x}-{:#x} is malformed or out of order", v.start, v.end)));
         }
         last_end = v.end;
     }
@@ -119,10 +95,8 @@ pub fn check_task(dir: &ImageDir, task: &pb::Task, own: &[MapsEntry]) -> Result<
 
 /// Tasks die with crt; children and threads they are made to create are
 /// traced from birth.
-const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
-    | libc::PTRACE_O_TRACEFORK
-    | libc::PTRACE_O_TRACECLONE
-    | libc::PTRACE_O_TRACEVFORK;
+const TRACE_OPTIONS: libc::c_int =
+    libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEFORK | libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_TRACEVFORK;
 
 #[repr(C)]
 #[derive(Default)]
@@ -152,13 +126,7 @@ pub fn fork_stopped(pid: i32) -> Result<i32, RestoreError> {
     // SAFETY: `args` is a valid clone_args; `set_tid` points at `tids`,
     // alive across the call. Without CLONE_VM the child gets a copy of our
     // memory and continues below like after fork().
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            size_of::<CloneArgs>(),
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) };
     if r == 0 {
         // Child: only raw syscalls (glibc's cached tid is the parent's here).
         // The parent takes over from the SIGSTOP and never lets it return.
@@ -175,11 +143,7 @@ pub fn fork_stopped(pid: i32) -> Result<i32, RestoreError> {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EEXIST) {
             let stat = procfs::stat(pid).unwrap_or_default();
-            return Err(RestoreError::PidBusy {
-                pid,
-                comm: stat.comm,
-                state: stat.state,
-            });
+            return Err(RestoreError::PidBusy { pid, comm: stat.comm, state: stat.state });
         }
         return Err(RestoreError::Clone { pid, source: e });
     }
@@ -213,12 +177,7 @@ pub struct RestoreCtx<'a> {
 impl<'a> RestoreCtx<'a> {
     /// A context for one restore.
     pub fn new(registry: &'a Registry) -> Self {
-        Self {
-            registry,
-            files: HashMap::new(),
-            shmem: HashMap::new(),
-            baseline: attrs::own_sigactions(),
-        }
+        Self { registry, files: HashMap::new(), shmem: HashMap::new(), baseline: attrs::own_sigactions() }
     }
 }
 
@@ -255,12 +214,13 @@ pub struct Builder {
     /// prepared with `pidfd_getfd` (one injected syscall per fd).
     remote_pidfd: u64,
     scratch: u64,
+    /// One fd table with its parent (CLONE_FILES): the parent installs the fds.
+    shares_files: bool,
+    /// One cwd/umask with its parent (CLONE_FS): the parent sets them.
+    shares_fs: bool,
 }
 
-fn step<E: std::error::Error + Send + Sync + 'static>(
-    pid: i32,
-    what: &str,
-) -> impl FnOnce(E) -> RestoreError + '_ {
+fn step<E: std::error::Error + Send + Sync + 'static>(pid: i32, what: &str) -> impl FnOnce(E) -> RestoreError + '_ {
     move |e| RestoreError::step(pid, what.to_string(), e)
 }
 
@@ -269,13 +229,18 @@ fn other(pid: i32, what: impl Into<String>, msg: String) -> RestoreError {
 }
 
 impl Builder {
-    /// Takes over the stopped new process `pid` (a copy of its creator).
-    pub fn start(pid: i32, task: &pb::Task) -> Result<Self, RestoreError> {
+    /// Takes over the stopped new process `pid` (a copy of its creator;
+    /// `parent_pidfd` is the creator's pidfd number when they share an fd table).
+    pub fn start(pid: i32, task: &pb::Task, parent_pidfd: Option<u64>) -> Result<Self, RestoreError> {
         let regs = ptrace::get_regs(pid)?;
         let gadget = puppet::find_gadget(pid)?;
         let mut p = Puppet::new(pid, regs, gadget);
         let me = u64::from(std::process::id());
-        let remote_pidfd = p.call("pidfd_open(crt)", libc::SYS_pidfd_open, [me, 0, 0, 0, 0, 0])?;
+        let shares_files = task.files_shared_with_parent;
+        let remote_pidfd = match parent_pidfd.filter(|_| shares_files) {
+            Some(fd) => fd,
+            None => p.call("pidfd_open(crt)", libc::SYS_pidfd_open, [me, 0, 0, 0, 0, 0])?,
+        };
         if task.sid == pid {
             // A session leader: before it creates any child.
             p.call("setsid", libc::SYS_setsid, [0; 6])?;
@@ -286,6 +251,8 @@ impl Builder {
             threads: Vec::new(),
             remote_pidfd,
             scratch: 0,
+            shares_files,
+            shares_fs: task.fs_shared_with_parent,
         })
     }
 
@@ -297,12 +264,12 @@ impl Builder {
         stats: &mut RestoreStats,
     ) -> Result<(), RestoreError> {
         let task = &loaded.task;
-        let Some(mm) = task.mm.as_ref() else {
-            unreachable!("check_task verified mm")
-        };
+        let Some(mm) = task.mm.as_ref() else { unreachable!("check_task verified mm") };
         let t = Instant::now();
         self.unregister_rseq()?;
-        self.park_pidfd(task)?;
+        if !self.shares_files {
+            self.park_pidfd(task)?;
+        }
         self.empty_address_space()?;
         self.move_vdso(mm)?;
         self.map_scratch(task, mm)?;
@@ -318,9 +285,10 @@ impl Builder {
 
         let t = Instant::now();
         self.set_mm(mm)?;
-        task_state::write_rlimits(self.pid, &task.rlimits)
-            .map_err(step(self.pid, "setting rlimits"))?;
-        self.install_fds(ctx, task)?;
+        task_state::write_rlimits(self.pid, &task.rlimits).map_err(step(self.pid, "setting rlimits"))?;
+        if !self.shares_files {
+            self.install_fds(ctx, task)?;
+        }
         self.set_attributes(task)?;
         stats.map += t.elapsed().as_secs_f64();
         Ok(())
@@ -343,14 +311,7 @@ impl Builder {
             self.p.call(
                 "rseq(UNREGISTER)",
                 libc::SYS_rseq,
-                [
-                    r.ptr,
-                    u64::from(r.size),
-                    RSEQ_FLAG_UNREGISTER,
-                    u64::from(r.signature),
-                    0,
-                    0,
-                ],
+                [r.ptr, u64::from(r.size), RSEQ_FLAG_UNREGISTER, u64::from(r.signature), 0, 0],
             )?;
         }
         Ok(())
@@ -360,33 +321,17 @@ impl Builder {
     /// of the fds the task inherited from crt.
     fn park_pidfd(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
         let max_fd = task.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) as u64;
-        if let Some(l) = task
-            .rlimits
-            .iter()
-            .find(|l| l.resource == libc::RLIMIT_NOFILE)
-        {
+        if let Some(l) = task.rlimits.iter().find(|l| l.resource == libc::RLIMIT_NOFILE) {
             task_state::write_rlimits(self.pid, std::slice::from_ref(l))
                 .map_err(step(self.pid, "raising RLIMIT_NOFILE"))?;
         }
         let t = self.p.call(
             "fcntl(F_DUPFD_CLOEXEC)",
             libc::SYS_fcntl,
-            [
-                self.remote_pidfd,
-                libc::F_DUPFD_CLOEXEC as u64,
-                max_fd + 1,
-                0,
-                0,
-                0,
-            ],
+            [self.remote_pidfd, libc::F_DUPFD_CLOEXEC as u64, max_fd + 1, 0, 0, 0],
         )?;
-        self.p
-            .call("close_range", libc::SYS_close_range, [0, t - 1, 0, 0, 0, 0])?;
-        self.p.call(
-            "close_range",
-            libc::SYS_close_range,
-            [t + 1, u64::from(u32::MAX), 0, 0, 0, 0],
-        )?;
+        self.p.call("close_range", libc::SYS_close_range, [0, t - 1, 0, 0, 0, 0])?;
+        self.p.call("close_range", libc::SYS_close_range, [t + 1, u64::from(u32::MAX), 0, 0, 0, 0])?;
         self.remote_pidfd = t;
         Ok(())
     }
@@ -410,65 +355,54 @@ impl Builder {
 
     /// Runs `clone3` in this process with `args`; the new task starts
     /// traced and stopped. Returns once it has reported its stop.
-    fn clone3(
-        &mut self,
-        what: &'static str,
-        want: i32,
-        mut args: CloneArgs,
-    ) -> Result<(), RestoreError> {
+    fn clone3(&mut self, what: &'static str, want: i32, mut args: CloneArgs) -> Result<(), RestoreError> {
         let at = self.scratch + S_CLONE;
         self.p.write(at + 128, &want.to_le_bytes())?;
         args.set_tid = at + 128;
         args.set_tid_size = 1;
         let bytes = args.to_bytes();
         self.p.write(at, &bytes)?;
-        let r = self
-            .p
-            .syscall_raw(what, libc::SYS_clone3, [at, bytes.len() as u64, 0, 0, 0, 0])?;
+        let r = self.p.syscall_raw(what, libc::SYS_clone3, [at, bytes.len() as u64, 0, 0, 0, 0])?;
         if r == -i64::from(libc::EEXIST) {
             let stat = procfs::stat(want).unwrap_or_default();
-            return Err(RestoreError::PidBusy {
-                pid: want,
-                comm: stat.comm,
-                state: stat.state,
-            });
+            return Err(RestoreError::PidBusy { pid: want, comm: stat.comm, state: stat.state });
         }
         if r != i64::from(want) {
-            return Err(other(
-                self.pid,
-                format!("{what} for {want}"),
-                format!("clone3 returned {r}"),
-            ));
+            return Err(other(self.pid, format!("{what} for {want}"), format!("clone3 returned {r}")));
         }
         loop {
             match ptrace::wait(want)? {
                 Stop::Stopped { sig, .. } if sig == libc::SIGSTOP => return Ok(()),
                 Stop::Stopped { .. } => ptrace::cont(want, 0)?,
-                s => {
-                    return Err(other(
-                        want,
-                        "waiting for the new task to stop",
-                        format!("{s:?}"),
-                    ))
-                }
+                s => return Err(other(want, "waiting for the new task to stop", format!("{s:?}"))),
             }
         }
     }
 
-    /// Creates child process `pid` of this process (it starts as a copy).
-    pub fn spawn_child(&mut self, pid: i32, exit_signal: i32) -> Result<(), RestoreError> {
-        let args = CloneArgs {
-            exit_signal: exit_signal as u64,
-            ..Default::default()
-        };
-        self.clone3("clone3(child)", pid, args)
+    /// Creates child process `pid` of this process (it starts as a copy,
+    /// sharing the fd table and fs state if the dumped child did).
+    pub fn spawn_child(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
+        let mut flags = 0;
+        if task.files_shared_with_parent {
+            flags |= libc::CLONE_FILES as u64;
+        }
+        if task.fs_shared_with_parent {
+            flags |= libc::CLONE_FS as u64;
+        }
+        let args = CloneArgs { flags, exit_signal: task.exit_signal as u64, ..Default::default() };
+        self.clone3("clone3(child)", task.pid, args)
+    }
+
+    /// The number of crt's pidfd inside this process.
+    pub fn remote_pidfd(&self) -> u64 {
+        self.remote_pidfd
     }
 
     /// Creates child `pid` and makes it end as it had ended: a zombie
     /// this process has not reaped yet.
     pub fn make_zombie(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
         let pid = task.pid;
-        self.spawn_child(pid, task.exit_signal)?;
+        self.spawn_child(task)?;
         let mut regs = ptrace::get_regs(pid)?;
         regs.rip = self.p.gadget();
         regs.orig_rax = u64::MAX;
@@ -481,16 +415,8 @@ impl Builder {
             // A default action and no core file: it dies of `sig`, quietly.
             let mut child = Puppet::new(pid, regs, self.p.gadget());
             child.write(self.scratch + S_ARG, &[0u8; 32])?;
-            child.call(
-                "rt_sigaction",
-                libc::SYS_rt_sigaction,
-                [sig, self.scratch + S_ARG, 0, 8, 0, 0],
-            )?;
-            let no_core = [pb::Rlimit {
-                resource: libc::RLIMIT_CORE,
-                cur: 0,
-                max: 0,
-            }];
+            child.call("rt_sigaction", libc::SYS_rt_sigaction, [sig, self.scratch + S_ARG, 0, 8, 0, 0])?;
+            let no_core = [pb::Rlimit { resource: libc::RLIMIT_CORE, cur: 0, max: 0 }];
             task_state::write_rlimits(pid, &no_core).map_err(step(pid, "zombie: RLIMIT_CORE"))?;
             regs.rax = libc::SYS_kill as u64;
             regs.rdi = pid as u64;
@@ -512,15 +438,9 @@ impl Builder {
     pub fn drain_sigchld(&mut self) -> Result<(), RestoreError> {
         let set = self.scratch + S_ARG;
         let zero = self.scratch + S_ARG + 64;
-        self.p
-            .write(set, &(1u64 << (libc::SIGCHLD - 1)).to_le_bytes())?;
+        self.p.write(set, &(1u64 << (libc::SIGCHLD - 1)).to_le_bytes())?;
         self.p.write(zero, &[0u8; 16])?;
-        while self.p.syscall_raw(
-            "rt_sigtimedwait",
-            libc::SYS_rt_sigtimedwait,
-            [set, 0, zero, 8, 0, 0],
-        )? > 0
-        {}
+        while self.p.syscall_raw("rt_sigtimedwait", libc::SYS_rt_sigtimedwait, [set, 0, zero, 8, 0, 0])? > 0 {}
         Ok(())
     }
 
@@ -553,14 +473,8 @@ impl Builder {
         if st.pgrp == task.pgid {
             return Ok(());
         }
-        let target = if task.pgid == pid {
-            0
-        } else {
-            task.pgid as u64
-        };
-        let r = self
-            .p
-            .syscall_raw("setpgid", libc::SYS_setpgid, [0, target, 0, 0, 0, 0])?;
+        let target = if task.pgid == pid { 0 } else { task.pgid as u64 };
+        let r = self.p.syscall_raw("setpgid", libc::SYS_setpgid, [0, target, 0, 0, 0, 0])?;
         if r < 0 {
             warn!(
                 pid,
