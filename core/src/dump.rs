@@ -112,6 +112,9 @@ pub enum DumpError {
     /// Reading /proc failed.
     #[error(transparent)]
     Proc(#[from] ProcError),
+    /// A failure injected by `CRT_FAULT`.
+    #[error(transparent)]
+    Fault(#[from] crate::fault::Injected),
     /// ptrace failed.
     #[error(transparent)]
     Ptrace(#[from] PtraceError),
@@ -283,6 +286,7 @@ fn collect_and_write(
         return Err(DumpError::SharedOutside(o));
     }
     stats.collect += t.elapsed().as_secs_f64();
+    crate::fault::check("dump-after-collect")?;
 
     // 5. Pages and task images.
     for (task, plans) in &collected {
@@ -301,6 +305,7 @@ fn collect_and_write(
         stats.write += t.elapsed().as_secs_f64();
     }
 
+    crate::fault::check("dump-after-pages")?;
     // The inventory goes last: its presence marks a complete image.
     let t = Instant::now();
     let inventory = pb::Inventory {
@@ -340,6 +345,11 @@ pub fn fingerprint(text: &[u8]) -> String {
 }
 
 fn dump_task_pages(pid: i32, plans: &[PagePlan], out: &mut Output) -> Result<pb::PageMap, DumpError> {
+    if plans.is_empty() {
+        // A zombie: no memory.
+        out.create_pages(pid, 0)?;
+        return Ok(pb::PageMap { page_size: images::PAGE_SIZE, ..Default::default() });
+    }
     let pagemap_path = format!("/proc/{pid}/pagemap");
     let pagemap = File::open(&pagemap_path).map_err(|source| DumpError::Io {
         pid,

@@ -6,6 +6,7 @@ pub mod check;
 pub mod cli;
 pub mod collect;
 pub mod dump;
+pub mod fault;
 pub mod forest;
 pub mod handlers;
 pub mod images;

@@ -211,8 +211,12 @@ where
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Filled>(BUFFERS);
     let full_rx = std::sync::Mutex::new(full_rx);
     let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    // Small tasks get small buffers: crt's memory follows the work, up to
+    // BUFFERS * CHUNK.
+    let total: u64 = runs.iter().map(|r| r.pages * PAGE_SIZE).sum();
+    let size = CHUNK.min(total as usize);
     for _ in 0..BUFFERS {
-        let _ = free_tx.send(vec![0u8; CHUNK]);
+        let _ = free_tx.send(vec![0u8; size]);
     }
     std::thread::scope(|scope| {
         let consumers: Vec<_> = (0..CONSUMERS)

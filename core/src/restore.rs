@@ -119,6 +119,9 @@ pub enum RestoreError {
     /// Reading /proc failed.
     #[error(transparent)]
     Proc(#[from] ProcError),
+    /// A failure injected by `CRT_FAULT`.
+    #[error(transparent)]
+    Fault(#[from] crate::fault::Injected),
 }
 
 impl RestoreError {
@@ -232,6 +235,7 @@ fn build_all<'t>(
         let mut b = Builder::start(pid, task, parent_pidfd)?;
         b.phase_a(&mut ctx, loaded, stats)?;
         builders.push((b, task));
+        crate::fault::check("restore-after-task")?;
     }
     let t = Instant::now();
     for (b, task) in &mut builders {
@@ -247,6 +251,7 @@ fn build_all<'t>(
         b.phase_b(&ctx, task)?;
     }
     stats.map += t.elapsed().as_secs_f64();
+    crate::fault::check("restore-before-resume")?;
     for h in registry.all() {
         h.restore_finish(true);
     }

@@ -23,10 +23,7 @@ mod serde_like {
             .split(',')
             .filter_map(|kv| {
                 let (k, v) = kv.split_once(':')?;
-                Some((
-                    k.trim().trim_matches('"').to_string(),
-                    v.trim().parse().ok()?,
-                ))
+                Some((k.trim().trim_matches('"').to_string(), v.trim().parse().ok()?))
             })
             .collect()
     }
@@ -39,10 +36,7 @@ fn gibs(bytes: f64, secs: f64) -> f64 {
 fn one(mb: usize) {
     let w = Workload::spawn_with_env("bigmem", &[("CRT_BIGMEM_MB", &mb.to_string())]);
     w.wait_ready(READY_TIMEOUT * 6);
-    let shm = tempfile::Builder::new()
-        .prefix("crt-bench-")
-        .tempdir_in("/dev/shm")
-        .unwrap();
+    let shm = tempfile::Builder::new().prefix("crt-bench-").tempdir_in("/dev/shm").unwrap();
     let img = shm.path().join("img");
     let work = TestDir::new("crt-bench-stats-");
     let dstats = work.path().join("dump.json");
@@ -58,11 +52,7 @@ fn one(mb: usize) {
     let restore_wall = t.elapsed().as_secs_f64();
     send_signal(w.pid(), libc::SIGTERM);
     let out = r.wait_exit(std::time::Duration::from_secs(120));
-    assert!(
-        out.success(),
-        "restored bigmem failed its check: {}",
-        w.log()
-    );
+    assert!(out.success(), "restored bigmem failed its check: {}", w.log());
 
     let d = stats(&dstats);
     let s = stats(&rstats);
@@ -98,15 +88,9 @@ fn main() {
         .split_whitespace()
         .filter_map(|s| s.parse().ok())
         .collect();
-    let runs: usize = std::env::var("CRT_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let runs: usize = std::env::var("CRT_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let v = crt(&["--version"]);
-    println!(
-        "# crt page benchmark ({}), images on /dev/shm",
-        v.stdout.trim()
-    );
+    println!("# crt page benchmark ({}), images on /dev/shm", v.stdout.trim());
     for mb in sizes {
         for _ in 0..runs {
             one(mb);

@@ -67,10 +67,7 @@ impl CrtOutput {
 
     /// Asserts stderr contains `s`.
     pub fn assert_stderr_contains(&self, s: &str) -> &Self {
-        assert!(
-            self.stderr.contains(s),
-            "crt stderr was expected to mention {s:?}:\n{self}"
-        );
+        assert!(self.stderr.contains(s), "crt stderr was expected to mention {s:?}:\n{self}");
         self
     }
 
@@ -78,23 +75,15 @@ impl CrtOutput {
     /// of a longer run of digits), e.g. a pid or an fd.
     pub fn assert_stderr_mentions_number(&self, n: impl fmt::Display) -> &Self {
         let n = n.to_string();
-        let found = self
-            .stderr
-            .split(|c: char| !c.is_ascii_digit())
-            .any(|tok| tok == n);
-        assert!(
-            found,
-            "crt stderr was expected to mention the number {n}:\n{self}"
-        );
+        let found = self.stderr.split(|c: char| !c.is_ascii_digit()).any(|tok| tok == n);
+        assert!(found, "crt stderr was expected to mention the number {n}:\n{self}");
         self
     }
 
     /// Asserts stderr contains `s`, ignoring ASCII case.
     pub fn assert_stderr_contains_nocase(&self, s: &str) -> &Self {
         assert!(
-            self.stderr
-                .to_ascii_lowercase()
-                .contains(&s.to_ascii_lowercase()),
+            self.stderr.to_ascii_lowercase().contains(&s.to_ascii_lowercase()),
             "crt stderr was expected to mention {s:?} (any case):\n{self}"
         );
         self
@@ -105,10 +94,7 @@ impl CrtOutput {
 /// a signal and did not panic.
 fn check_sane(out: &CrtOutput) {
     assert!(!out.stderr.contains("panicked"), "crt panicked:\n{out}");
-    assert!(
-        out.status.code().is_some(),
-        "crt was killed by a signal (crash?):\n{out}"
-    );
+    assert!(out.status.code().is_some(), "crt was killed by a signal (crash?):\n{out}");
 }
 
 /// A crt process whose stdout/stderr go to files.
@@ -121,25 +107,13 @@ struct CrtProcess {
 impl CrtProcess {
     fn spawn<S: AsRef<OsStr>>(args: &[S]) -> Self {
         let out_dir = TestDir::new("crt-out-");
-        let stdout =
-            std::fs::File::create(out_dir.path().join("stdout")).expect("create stdout file");
-        let stderr =
-            std::fs::File::create(out_dir.path().join("stderr")).expect("create stderr file");
+        let stdout = std::fs::File::create(out_dir.path().join("stdout")).expect("create stdout file");
+        let stderr = std::fs::File::create(out_dir.path().join("stderr")).expect("create stderr file");
         let mut cmd = Command::new(crt_path());
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
+        cmd.args(args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         process::close_extra_fds(&mut cmd);
         let child = process::spawn_tracked(&mut cmd).expect("spawn crt");
-        Self {
-            args: args
-                .iter()
-                .map(|a| a.as_ref().to_string_lossy().into_owned())
-                .collect(),
-            child,
-            out_dir,
-        }
+        Self { args: args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect(), child, out_dir }
     }
 
     fn read(&self, name: &str) -> String {
@@ -147,12 +121,7 @@ impl CrtProcess {
     }
 
     fn output(&self, status: ExitStatus) -> CrtOutput {
-        CrtOutput {
-            args: self.args.clone(),
-            status,
-            stdout: self.read("stdout"),
-            stderr: self.read("stderr"),
-        }
+        CrtOutput { args: self.args.clone(), status, stdout: self.read("stdout"), stderr: self.read("stderr") }
     }
 
     /// Waits up to `timeout`; on timeout kills crt and panics.
@@ -195,11 +164,7 @@ pub fn crt_with_timeout<S: AsRef<OsStr>>(args: &[S], timeout: Duration) -> CrtOu
 
 /// `--tree` argument for a set of workloads: "pid1,pid2,...".
 pub fn tree_arg(workloads: &[&Workload]) -> String {
-    workloads
-        .iter()
-        .map(|w| w.pid().to_string())
-        .collect::<Vec<_>>()
-        .join(",")
+    workloads.iter().map(|w| w.pid().to_string()).collect::<Vec<_>>().join(",")
 }
 
 /// `crt dump --tree <pids> -D img_dir <extra...>`.
@@ -212,12 +177,7 @@ pub fn tree_arg(workloads: &[&Workload]) -> String {
 ///   (if it was a directory) are exactly what they were before.
 pub fn dump(workloads: &[&Workload], img_dir: &Path, extra: &[&str]) -> CrtOutput {
     let before = img_dir.is_dir().then(|| DirSnapshot::take(img_dir));
-    let mut args: Vec<String> = vec![
-        "dump".into(),
-        "--tree".into(),
-        tree_arg(workloads),
-        "-D".into(),
-    ];
+    let mut args: Vec<String> = vec!["dump".into(), "--tree".into(), tree_arg(workloads), "-D".into()];
     args.push(img_dir.to_string_lossy().into_owned());
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let out = crt(&args);
@@ -228,11 +188,7 @@ pub fn dump(workloads: &[&Workload], img_dir: &Path, extra: &[&str]) -> CrtOutpu
         }
     } else {
         for w in workloads {
-            let ctx = if out.success() {
-                "after dump --leave-running"
-            } else {
-                "after a failed dump"
-            };
+            let ctx = if out.success() { "after dump --leave-running" } else { "after a failed dump" };
             assert!(
                 w.is_alive(),
                 "{ctx}: workload {} (pid {}) is not running\n{out}\nlog:\n{}",
@@ -240,17 +196,30 @@ pub fn dump(workloads: &[&Workload], img_dir: &Path, extra: &[&str]) -> CrtOutpu
                 w.pid(),
                 w.log()
             );
+            // the rest of its tree too, untraced
+            let mut bad = w.tree_problems();
+            if !out.success() {
+                for pid in w.all_pids() {
+                    let tracer = process::proc_status_field(pid, "TracerPid");
+                    if tracer.is_some() && tracer.as_deref() != Some("0") {
+                        bad.push(format!("pid {pid} is still traced: TracerPid {tracer:?}"));
+                    }
+                }
+            }
+            assert!(
+                bad.is_empty(),
+                "{ctx}: the tree of {} (pid {}) is not intact:\n  {}\n{out}\nlog:\n{}",
+                w.name(),
+                w.pid(),
+                bad.join("\n  "),
+                w.log()
+            );
         }
     }
     if !out.success() {
         if let Some(before) = before {
             let after = DirSnapshot::take(img_dir);
-            assert_eq!(
-                before,
-                after,
-                "a failed dump changed the image directory {}\n{out}",
-                img_dir.display()
-            );
+            assert_eq!(before, after, "a failed dump changed the image directory {}\n{out}", img_dir.display());
         }
     }
     process::reap_strays();
@@ -272,18 +241,11 @@ impl fmt::Debug for Restored {
 impl Restored {
     /// Spawns `crt restore -D img_dir <extra...>` (does not wait).
     pub fn start(img_dir: &Path, extra: &[&str]) -> Self {
-        let mut args: Vec<String> = vec![
-            "restore".into(),
-            "-D".into(),
-            img_dir.to_string_lossy().into_owned(),
-        ];
+        let mut args: Vec<String> = vec!["restore".into(), "-D".into(), img_dir.to_string_lossy().into_owned()];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let proc = CrtProcess::spawn(&args);
         let pid = pid_of(&proc.child);
-        Self {
-            proc: Some(proc),
-            pid,
-        }
+        Self { proc: Some(proc), pid }
     }
 
     /// Pid of the `crt restore` process.
@@ -297,10 +259,7 @@ impl Restored {
 
     /// What crt restore wrote so far.
     pub fn stderr(&self) -> String {
-        self.proc
-            .as_ref()
-            .map(|p| p.read("stderr"))
-            .unwrap_or_default()
+        self.proc.as_ref().map(|p| p.read("stderr")).unwrap_or_default()
     }
 
     /// Waits until each root pid runs as a child of crt restore: it exists,
@@ -319,7 +278,60 @@ impl Restored {
         self.wait_pid_running(w.pid(), Some(ppid), READY_TIMEOUT, w);
     }
 
+    /// Like [`Restored::wait_running`], but a root may also be stopped
+    /// (state `T`, job control: it was stopped when dumped), and then the
+    /// rest of each root's tree must be restored as it recorded it
+    /// ([`Workload::tree_problems`]: parents, zombies, threads).
+    pub fn wait_restored(&mut self, roots: &[&Workload]) {
+        for w in roots {
+            self.wait_pid_state(w.pid(), Some(self.pid), READY_TIMEOUT, w, true);
+        }
+        for w in roots {
+            self.wait_tree(w);
+        }
+        process::reap_strays();
+    }
+
+    /// Waits until [`Workload::tree_problems`] of `w` is empty; panics on
+    /// timeout (listing what is wrong) or if crt restore exits.
+    pub fn wait_tree(&mut self, w: &Workload) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let bad = w.tree_problems();
+            if bad.is_empty() {
+                return;
+            }
+            if let Ok(Some(status)) = self.proc_mut().child.try_wait() {
+                process::untrack(self.pid);
+                let out = self.proc_mut().output(status);
+                panic!(
+                    "crt restore exited before the tree of {} (pid {}) was restored:\n  {}\n{out}\nlog:\n{}",
+                    w.name(),
+                    w.pid(),
+                    bad.join("\n  "),
+                    w.log()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "the tree of {} (pid {}) is not restored as dumped after {READY_TIMEOUT:?}:\n  {}\n\
+                     crt stderr:\n{}\nlog:\n{}",
+                    w.name(),
+                    w.pid(),
+                    bad.join("\n  "),
+                    self.stderr(),
+                    w.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn wait_pid_running(&mut self, pid: i32, ppid: Option<i32>, timeout: Duration, w: &Workload) {
+        self.wait_pid_state(pid, ppid, timeout, w, false);
+    }
+
+    fn wait_pid_state(&mut self, pid: i32, ppid: Option<i32>, timeout: Duration, w: &Workload, stopped_ok: bool) {
         let deadline = Instant::now() + timeout;
         loop {
             let tracer = process::proc_status_field(pid, "TracerPid");
@@ -329,7 +341,7 @@ impl Restored {
                 && ppid.is_none_or(|pp| parent.as_deref() == Some(pp.to_string().as_str()))
                 && state
                     .as_deref()
-                    .is_some_and(|s| !s.starts_with(['t', 'T', 'Z', 'X']));
+                    .is_some_and(|s| !s.starts_with(['t', 'T', 'Z', 'X']) || (stopped_ok && s.starts_with('T')));
             if ok {
                 return;
             }
@@ -380,10 +392,8 @@ impl Restored {
             );
         }
         let out = self.wait_exit(EXIT_TIMEOUT);
-        let logs: String = roots
-            .iter()
-            .map(|w| format!("--- log of {} (pid {}) ---\n{}", w.name(), w.pid(), w.log()))
-            .collect();
+        let logs: String =
+            roots.iter().map(|w| format!("--- log of {} (pid {}) ---\n{}", w.name(), w.pid(), w.log())).collect();
         assert!(out.success(), "crt restore did not exit 0:\n{out}\n{logs}");
         for w in roots {
             w.assert_passed();
@@ -415,17 +425,16 @@ pub const RUN_BEFORE_DUMP: Duration = Duration::from_millis(200);
 pub const RUN_AFTER_RESTORE: Duration = Duration::from_millis(300);
 
 impl Forest {
-    /// Spawns the named workloads (C names or [`crate::RUST_STD`]).
+    /// Spawns the named workloads (C names or [`crate::RUST_STD`]); a
+    /// launcher contributes all its adopted roots
+    /// ([`Workload::spawn_group`]).
     pub fn spawn(names: &[&str]) -> Self {
-        Self::from_workloads(names.iter().map(|n| Workload::spawn(n)).collect())
+        Self::from_workloads(names.iter().flat_map(|n| Workload::spawn_group(n)).collect())
     }
 
     /// Wraps already spawned workloads.
     pub fn from_workloads(workloads: Vec<Workload>) -> Self {
-        Self {
-            workloads,
-            img: TestDir::new("crt-img-"),
-        }
+        Self { workloads, img: TestDir::new("crt-img-") }
     }
 
     /// The image directory.
@@ -450,19 +459,38 @@ impl Forest {
         dump(&self.refs(), self.img_dir(), extra)
     }
 
-    /// Starts `crt restore` and waits until every root is running.
+    /// Starts `crt restore` and waits until every root is running (or
+    /// stopped, for a workload dumped stopped) with its whole tree
+    /// ([`Restored::wait_restored`]).
     pub fn restore(&self, extra: &[&str]) -> Restored {
         let mut r = Restored::start(self.img_dir(), extra);
-        r.wait_running(&self.refs());
+        r.wait_restored(&self.refs());
         r
     }
 
-    /// The full cycle: READY, run [`RUN_BEFORE_DUMP`], killing dump (must
-    /// succeed), restore, run [`RUN_AFTER_RESTORE`], [`Workload::exercise`]
-    /// each, SIGTERM, and assert crt restore exits 0 and every workload
-    /// PASSes.
+    /// Runs [`Workload::prepare`] on each workload (before a dump).
+    pub fn prepare(&self) {
+        for w in &self.workloads {
+            w.prepare();
+        }
+    }
+
+    /// Asserts every workload's tree is as it recorded it
+    /// ([`Workload::assert_tree`]).
+    pub fn assert_trees(&self, context: &str) {
+        for w in &self.workloads {
+            w.assert_tree(context);
+        }
+    }
+
+    /// The full cycle: READY, [`Workload::prepare`], run
+    /// [`RUN_BEFORE_DUMP`], killing dump (must succeed), restore (whole
+    /// trees), run [`RUN_AFTER_RESTORE`], [`Workload::exercise`] each,
+    /// SIGTERM, and assert crt restore exits 0 and every workload PASSes.
     pub fn roundtrip(&self) {
         self.wait_ready();
+        self.assert_trees("before the dump");
+        self.prepare();
         std::thread::sleep(RUN_BEFORE_DUMP);
         self.dump(&[]).assert_success();
         crate::images::assert_image_files(self.img_dir(), &self.refs());

@@ -12,19 +12,13 @@ pub struct TestDir {
 impl TestDir {
     /// Creates `/tmp/<prefix>XXXXXX` (or under `$TMPDIR`).
     pub fn new(prefix: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir()
-            .expect("create temp dir");
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().expect("create temp dir");
         Self { dir: Some(dir) }
     }
 
     /// The directory.
     pub fn path(&self) -> &Path {
-        self.dir
-            .as_ref()
-            .expect("TestDir present until drop")
-            .path()
+        self.dir.as_ref().expect("TestDir present until drop").path()
     }
 }
 
@@ -36,10 +30,7 @@ impl Drop for TestDir {
                 let p = dir.keep();
                 eprintln!("crt-tests: kept {}", p.display());
             } else if std::thread::panicking() {
-                eprintln!(
-                    "crt-tests: removing {} (set CRT_TEST_KEEP=1 to keep it)",
-                    dir.path().display()
-                );
+                eprintln!("crt-tests: removing {} (set CRT_TEST_KEEP=1 to keep it)", dir.path().display());
             }
         }
     }

@@ -24,9 +24,7 @@ impl fmt::Debug for DirSnapshot {
 }
 
 fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    data.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 impl DirSnapshot {
@@ -53,8 +51,7 @@ impl DirSnapshot {
                 self.entries.insert(name, (data.len() as u64, fnv1a(&data)));
             } else if ft.is_symlink() {
                 let t = std::fs::read_link(e.path()).unwrap_or_default();
-                self.entries
-                    .insert(name, (0, fnv1a(t.as_os_str().as_encoded_bytes())));
+                self.entries.insert(name, (0, fnv1a(t.as_os_str().as_encoded_bytes())));
             } else {
                 self.entries.insert(name, (0, 1));
             }
@@ -78,15 +75,21 @@ pub fn task_image(dir: &Path, pid: i32) -> PathBuf {
 }
 
 /// Asserts the image directory holds `inventory.img` and, for each
-/// workload, `task-`, `pagemap-` and `pages-<pid>.img`, each at least 8
-/// bytes long (every image starts with a magic and a version); the pages
-/// image must not be empty.
+/// workload and each non-root process of its tree ([`Workload::roles`]),
+/// `task-`, `pagemap-` and `pages-<pid>.img`, each at least 8 bytes long
+/// (every image starts with a magic and a version); the pages image must
+/// not be empty. A zombie (no memory) needs only its `task-<pid>.img`.
 pub fn assert_image_files(dir: &Path, workloads: &[&Workload]) {
     let snap = DirSnapshot::take(dir);
     let mut want = vec!["inventory.img".to_owned()];
     for w in workloads {
-        for kind in ["task", "pagemap", "pages"] {
-            want.push(format!("{kind}-{}.img", w.pid()));
+        let mut pids = vec![(w.pid(), false)];
+        pids.extend(w.roles().iter().map(|r| (r.pid, r.is_zombie())));
+        for (pid, zombie) in pids {
+            let kinds: &[&str] = if zombie { &["task"] } else { &["task", "pagemap", "pages"] };
+            for kind in kinds {
+                want.push(format!("{kind}-{pid}.img"));
+            }
         }
     }
     for name in &want {
@@ -101,14 +104,8 @@ pub fn assert_image_files(dir: &Path, workloads: &[&Workload]) {
 
 /// Inverts `n` bytes in the middle of `path`.
 pub fn flip_bytes_in_middle(path: &Path, n: usize) {
-    let mut data =
-        std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    assert!(
-        data.len() >= 2,
-        "{} is too short to corrupt ({} bytes)",
-        path.display(),
-        data.len()
-    );
+    let mut data = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert!(data.len() >= 2, "{} is too short to corrupt ({} bytes)", path.display(), data.len());
     let mid = data.len() / 2;
     let end = (mid + n).min(data.len());
     for b in &mut data[mid..end] {
@@ -119,12 +116,7 @@ pub fn flip_bytes_in_middle(path: &Path, n: usize) {
 
 /// Truncates `path` to half its length.
 pub fn truncate_to_half(path: &Path) {
-    let len = std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
-        .len();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .expect("open for truncate");
+    let len = std::fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display())).len();
+    let f = std::fs::OpenOptions::new().write(true).open(path).expect("open for truncate");
     f.set_len(len / 2).expect("truncate");
 }

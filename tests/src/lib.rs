@@ -15,15 +15,41 @@
 //! - `CRT_WL_SABOTAGE=1` in its environment makes it corrupt its own state
 //!   after READY (to prove the checks can fail).
 //!
+//! Workloads with several processes (`tree_pipes`, `session`, `zombie`,
+//! `shared_file`, `shared_mem`):
+//! - only the root prints READY and the final verdict; the other processes
+//!   share its log and report `CHILD <role> OK` (or `CHILD <role> BAD: ...`
+//!   after `CHECK FAILED` lines) and exit 0/1; the root waits for its
+//!   children at SIGTERM and fails unless each exited 0;
+//! - every non-root process is listed in `<workdir>/pids` as
+//!   `<role> <pid> <ppid>` (role `zombie`: an exited, unreaped child), which
+//!   the harness checks before the dump and after restore
+//!   ([`Workload::roles`], [`Workload::tree_problems`]); threads are listed
+//!   in `<workdir>/tids` (`threads4`).
+//!
+//! Launchers ([`LAUNCHERS`], e.g. `pipe_pair`) fork their roles and exit,
+//! so each role is re-parented to the harness (a subreaper) as a separate
+//! root: role `r` works in `<workdir>/<r>` (its own `out.log`) and writes its
+//! pid to `<workdir>/<r>/pid` before READY. The harness adopts them
+//! ([`Workload::spawn_group`]): no `Child` handle, tracked and reaped by pid.
+//!
+//! Some workloads need steps before the dump ([`Workload::prepare`]:
+//! `stopped` is SIGSTOPped) and after restore ([`Workload::exercise`]).
+//!
 //! # Harness
 //!
 //! Call [`init!`] first in every test: it records the paths of the binaries
 //! built by cargo and makes the test process a child subreaper.
-//! - [`Workload`]: spawn, [`Workload::wait_ready`], logs, signals,
-//!   [`Workload::exercise`] (workload-specific steps), verdicts.
+//! - [`Workload`]: spawn ([`Workload::spawn_group`] for launchers),
+//!   [`Workload::wait_ready`], logs, signals, [`Workload::prepare`] and
+//!   [`Workload::exercise`] (workload-specific steps), trees
+//!   ([`Workload::roles`], [`Workload::assert_tree`],
+//!   [`Workload::kill_tree_and_reap`]), verdicts.
 //! - [`crt()`]: run the CLI with a timeout; [`dump`]: dump with the contract
-//!   checks; [`Restored`]: a running `crt restore`; [`Forest`]: several
-//!   workloads dumped as one forest; [`roundtrip`]: the whole cycle.
+//!   checks (whole trees); [`Restored`]: a running `crt restore`
+//!   ([`Restored::wait_restored`] accepts stopped roots and checks whole
+//!   trees); [`Forest`]: several workloads dumped as one forest;
+//!   [`roundtrip`]: the whole cycle.
 //! - [`DirSnapshot`]: prove an image directory was left untouched.
 //! - [`reap_strays`]: reap zombies that are not the harness's own children.
 #![allow(clippy::panic)]
@@ -39,19 +65,17 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 pub use crate::crt::{
-    crt, crt_path, crt_with_timeout, dump, roundtrip, tree_arg, CrtOutput, Forest, Restored,
-    RUN_AFTER_RESTORE, RUN_BEFORE_DUMP,
+    crt, crt_path, crt_with_timeout, dump, roundtrip, tree_arg, CrtOutput, Forest, Restored, RUN_AFTER_RESTORE,
+    RUN_BEFORE_DUMP,
 };
 pub use crate::dirs::TestDir;
-pub use crate::images::{
-    assert_image_files, flip_bytes_in_middle, task_image, truncate_to_half, DirSnapshot,
-};
+pub use crate::images::{assert_image_files, flip_bytes_in_middle, task_image, truncate_to_half, DirSnapshot};
 pub use crate::process::{
-    children_of_self, close_extra_fds, describe_status, pid_alive, poll_until, proc_comm,
-    proc_state, proc_status_field, reap_strays, send_signal, spawn_tracked, untrack, wait_timeout,
-    KillGuard,
+    children_of, children_of_self, close_extra_fds, descendants, describe_status, pid_alive, poll_until, proc_comm,
+    proc_cpu_ticks, proc_state, proc_status_field, reap_strays, send_signal, spawn_tracked, track, untrack,
+    wait_pid_timeout, wait_timeout, KillGuard,
 };
-pub use crate::workload::{workload_exe, Workload, C_WORKLOADS, RUST_STD};
+pub use crate::workload::{workload_exe, Role, Workload, C_WORKLOADS, LAUNCHERS, RUST_STD};
 
 /// How long a workload may take to print READY.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,14 +120,7 @@ macro_rules! init {
 pub(crate) fn bins() -> &'static Bins {
     BINS.get_or_init(|| {
         let exe = std::env::current_exe().expect("current_exe");
-        let dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target dir")
-            .to_path_buf();
-        Bins {
-            crt: dir.join("crt-under-test"),
-            rust_std: dir.join("wl-rust-std"),
-        }
+        let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+        Bins { crt: dir.join("crt-under-test"), rust_std: dir.join("wl-rust-std") }
     })
 }

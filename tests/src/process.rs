@@ -13,9 +13,7 @@ static INIT: Once = Once::new();
 static TRACKED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
 fn tracked() -> MutexGuard<'static, BTreeSet<i32>> {
-    TRACKED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    TRACKED.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Makes the test process a child subreaper (once), so restored processes
@@ -24,12 +22,7 @@ pub fn init() {
     INIT.call_once(|| {
         // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integer arguments.
         let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        assert_eq!(
-            r,
-            0,
-            "prctl(PR_SET_CHILD_SUBREAPER): {}",
-            std::io::Error::last_os_error()
-        );
+        assert_eq!(r, 0, "prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error());
     });
 }
 
@@ -164,9 +157,7 @@ pub fn proc_state(pid: i32) -> Option<char> {
 
 /// The command name from `/proc/<pid>/comm`.
 pub fn proc_comm(pid: i32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim_end().to_owned())
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_owned())
 }
 
 /// A field of `/proc/<pid>/status` (e.g. "PPid", "TracerPid", "State").
@@ -249,4 +240,78 @@ pub(crate) fn kill_if_comm(pid: i32, comm: &str) -> bool {
         return send_signal(pid, libc::SIGKILL);
     }
     false
+}
+
+/// Protects `pid` (a child of the harness without a [`Child`] handle, e.g. a
+/// re-parented process) from [`reap_strays`]; it must then be reaped with
+/// [`wait_pid_timeout`] (or [`untrack`]ed).
+pub fn track(pid: i32) {
+    tracked().insert(pid);
+}
+
+/// Waits for child `pid` (by pid, not through a [`Child`]) to exit, up to
+/// `timeout`, and reaps it; `None` if it is still running. The pid is
+/// untracked once reaped.
+pub fn wait_pid_timeout(pid: i32, timeout: Duration) -> Option<ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on a specific pid with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            untrack(pid);
+            return Some(ExitStatus::from_raw(status));
+        }
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            assert!(e.raw_os_error() == Some(libc::EINTR), "waitpid({pid}): {e} (not a child of the harness?)");
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Direct children of `pid` (all its threads).
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Every descendant of `pid` (children, grandchildren...), parents first.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in children_of(p) {
+            if !out.contains(&c) && c != pid {
+                out.push(c);
+                todo.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// utime + stime of `pid` in clock ticks, from `/proc/<pid>/stat`.
+pub fn proc_cpu_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // after the comm: state(3) ppid(4) ... utime(14) stime(15)
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }

@@ -3,9 +3,10 @@
 use std::cell::Cell;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::dirs::TestDir;
 use crate::process::{self, describe_status, pid_of};
@@ -25,7 +26,41 @@ pub const C_WORKLOADS: &[&str] = &[
     "vmas",
     "eventfd_holder",
     "bigmem",
+    "fanout",
+    "manythreads",
+    "tree_pipes",
+    "threads4",
+    "zombie",
+    "stopped",
+    "session",
+    "shared_file",
+    "shared_mem",
+    "pipe_pair",
 ];
+
+/// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed
+/// roles and exits, so they are re-parented to the harness (a subreaper)
+/// as separate roots; see [`Workload::spawn_group`].
+pub const LAUNCHERS: &[(&str, &[&str])] = &[("pipe_pair", &["w", "r"])];
+
+/// A non-root process of a workload's tree, as listed by the workload in
+/// `<workdir>/pids` (lines `<role> <pid> <ppid>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    /// Its role name (`c1`, `gc`, `zombie`...).
+    pub role: String,
+    /// Its pid.
+    pub pid: i32,
+    /// Its parent's pid.
+    pub ppid: i32,
+}
+
+impl Role {
+    /// Roles named `zombie` are exited, unreaped children: state `Z`.
+    pub fn is_zombie(&self) -> bool {
+        self.role == "zombie"
+    }
+}
 
 /// Path of the executable of workload `name` (a C workload or [`RUST_STD`]).
 pub fn workload_exe(name: &str) -> PathBuf {
@@ -42,23 +77,26 @@ pub fn workload_exe(name: &str) -> PathBuf {
 /// [`Child`] is held here; after a killing dump it is reaped and the
 /// `Workload` keeps standing for the restored process with the same pid.
 /// On drop, any process still running with this pid and this workload's
-/// command name is SIGKILLed.
+/// command name is SIGKILLed, and so are its descendants with that name.
+///
+/// An *adopted* workload (from a launcher, see [`Workload::spawn_group`]) has
+/// no [`Child`]: it is the harness's child by re-parenting, its pid is
+/// tracked (so [`process::reap_strays`] leaves it alone) and it is waited for
+/// by pid.
 pub struct Workload {
     name: String,
     comm: String,
     pid: i32,
     child: Mutex<Option<Child>>,
+    adopted: AtomicBool,
     log_mark: Cell<usize>,
-    dir: TestDir,
+    path: PathBuf,
+    _dir: Arc<TestDir>,
 }
 
 impl std::fmt::Debug for Workload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Workload")
-            .field("name", &self.name)
-            .field("pid", &self.pid)
-            .field("dir", &self.dir.path())
-            .finish()
+        f.debug_struct("Workload").field("name", &self.name).field("pid", &self.pid).field("dir", &self.path).finish()
     }
 }
 
@@ -79,11 +117,7 @@ impl Workload {
         let exe = workload_exe(name);
         let dir = TestDir::new(&format!("crt-wl-{name}-"));
         let log_path = dir.path().join("out.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .expect("create out.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("create out.log");
         let log2 = log.try_clone().expect("dup out.log");
         let mut cmd = Command::new(&exe);
         cmd.arg(dir.path())
@@ -97,21 +131,96 @@ impl Workload {
         }
         let child = process::spawn_tracked(&mut cmd)
             .unwrap_or_else(|e| panic!("spawning workload {} ({}): {e}", name, exe.display()));
-        let comm: String = exe
-            .file_name()
-            .expect("exe file name")
-            .to_string_lossy()
-            .chars()
-            .take(15)
-            .collect();
         Self {
             name: name.to_owned(),
-            comm,
+            comm: comm_of(&exe),
             pid: pid_of(&child),
             child: Mutex::new(Some(child)),
+            adopted: AtomicBool::new(false),
             log_mark: Cell::new(0),
-            dir,
+            path: dir.path().to_owned(),
+            _dir: Arc::new(dir),
         }
+    }
+
+    /// Spawns workload `name`: one [`Workload`] for a plain workload, or,
+    /// for a launcher (see [`LAUNCHERS`]), one adopted workload per role.
+    pub fn spawn_group(name: &str) -> Vec<Self> {
+        Self::spawn_group_with_env(name, &[])
+    }
+
+    /// [`Workload::spawn_group`] with extra environment variables.
+    pub fn spawn_group_with_env(name: &str, env: &[(&str, &str)]) -> Vec<Self> {
+        match LAUNCHERS.iter().find(|(n, _)| *n == name) {
+            Some((_, roles)) => Self::spawn_adopted(name, roles, env),
+            None => vec![Self::spawn_with_env(name, env)],
+        }
+    }
+
+    /// Runs launcher `name` (`argv[1]` = a fresh directory), which must fork
+    /// one process per role and exit 0. Role `r` works in `<dir>/<r>` (its
+    /// `out.log`) and writes its pid to `<dir>/<r>/pid`; once the launcher
+    /// has exited it is re-parented to the harness. Returns the adopted
+    /// workloads, named `<name>:<role>`, in role order.
+    pub fn spawn_adopted(name: &str, roles: &[&str], env: &[(&str, &str)]) -> Vec<Self> {
+        let launcher = Self::spawn_with_env(name, env);
+        let status = {
+            let mut guard = launcher.child.lock().expect("child lock");
+            let child = guard.as_mut().expect("launcher child");
+            let st = process::wait_timeout(child, Duration::from_secs(10));
+            *guard = None;
+            st
+        };
+        let dir = Arc::clone(&launcher._dir);
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "launcher {name} did not exit 0 within 10 s ({:?})\nlog:\n{}",
+            status.map(describe_status),
+            launcher.log()
+        );
+        let me = std::process::id().to_string();
+        let mut out = Vec::new();
+        for role in roles {
+            let path = dir.path().join(role);
+            let pid_file = path.join("pid");
+            let mut pid = None;
+            process::poll_until(Duration::from_secs(10), || {
+                pid = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok());
+                pid.is_some()
+            });
+            let pid = pid.unwrap_or_else(|| {
+                panic!(
+                    "launcher {name}: role {role} wrote no pid file {}\nlauncher log:\n{}",
+                    pid_file.display(),
+                    launcher.log()
+                )
+            });
+            // protect it from reap_strays before anything else can happen
+            process::track(pid);
+            let w = Self {
+                name: format!("{name}:{role}"),
+                comm: launcher.comm.clone(),
+                pid,
+                child: Mutex::new(None),
+                adopted: AtomicBool::new(true),
+                log_mark: Cell::new(0),
+                path,
+                _dir: Arc::clone(&dir),
+            };
+            let ok = process::poll_until(Duration::from_secs(5), || {
+                process::proc_status_field(pid, "PPid").as_deref() == Some(me.as_str())
+            });
+            assert!(
+                ok,
+                "{} (pid {pid}) was not re-parented to the harness: PPid {:?}\nlog:\n{}",
+                w.name,
+                process::proc_status_field(pid, "PPid"),
+                w.log()
+            );
+            out.push(w);
+        }
+        drop(launcher);
+        out
     }
 
     /// The workload's name.
@@ -126,12 +235,96 @@ impl Workload {
 
     /// Its working directory.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     /// Path of its `out.log`.
     pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("out.log")
+        self.path.join("out.log")
+    }
+
+    /// The non-root processes of its tree, from `<workdir>/pids` (empty if
+    /// the workload does not fork).
+    pub fn roles(&self) -> Vec<Role> {
+        let text = std::fs::read_to_string(self.path.join("pids")).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let num = |i: usize| f.get(i).and_then(|s| s.parse::<i32>().ok());
+                match (f.first(), num(1), num(2), f.len()) {
+                    (Some(role), Some(pid), Some(ppid), 3) => Role { role: (*role).to_owned(), pid, ppid },
+                    _ => panic!("{}: bad line {l:?} in pids file", self.name),
+                }
+            })
+            .collect()
+    }
+
+    /// The pid of role `role` (panics if it is not listed).
+    pub fn role_pid(&self, role: &str) -> i32 {
+        self.roles()
+            .iter()
+            .find(|r| r.role == role)
+            .unwrap_or_else(|| panic!("{}: no role {role} in its pids file", self.name))
+            .pid
+    }
+
+    /// Pids of the root and of every listed role.
+    pub fn all_pids(&self) -> Vec<i32> {
+        let mut v = vec![self.pid];
+        v.extend(self.roles().iter().map(|r| r.pid));
+        v
+    }
+
+    /// Thread ids listed in `<workdir>/tids` (workloads with threads).
+    pub fn tids(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.path.join("tids"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|t| t.parse().expect("tid"))
+            .collect()
+    }
+
+    /// What is wrong with the tree right now, compared with what the
+    /// workload recorded: each role exists with its parent (`PPid`), is not
+    /// traced, is a zombie if and only if its role says so, is not in a
+    /// tracing stop; every recorded thread is in `/proc/<pid>/task`.
+    /// Empty when all is well.
+    pub fn tree_problems(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        for r in self.roles() {
+            let state = process::proc_state(r.pid);
+            let ppid = process::proc_status_field(r.pid, "PPid");
+            let tracer = process::proc_status_field(r.pid, "TracerPid");
+            let state_ok =
+                if r.is_zombie() { state == Some('Z') } else { state.is_some_and(|s| !matches!(s, 't' | 'Z' | 'X')) };
+            let ppid_ok = ppid.as_deref() == Some(r.ppid.to_string().as_str());
+            let tracer_ok = r.is_zombie() || tracer.as_deref() == Some("0");
+            if !(state_ok && ppid_ok && tracer_ok) {
+                bad.push(format!(
+                    "{} (pid {}, want parent {}): state {state:?} PPid {ppid:?} TracerPid {tracer:?}",
+                    r.role, r.pid, r.ppid
+                ));
+            }
+        }
+        for tid in self.tids() {
+            if !Path::new(&format!("/proc/{}/task/{tid}", self.pid)).exists() {
+                bad.push(format!("thread {tid} is not in /proc/{}/task", self.pid));
+            }
+        }
+        bad
+    }
+
+    /// Asserts [`Workload::tree_problems`] is empty.
+    pub fn assert_tree(&self, context: &str) {
+        let bad = self.tree_problems();
+        assert!(
+            bad.is_empty(),
+            "{context}: the tree of {} (pid {}) is wrong:\n  {}\nlog:\n{}",
+            self.name,
+            self.pid,
+            bad.join("\n  "),
+            self.log()
+        );
     }
 
     /// The whole log so far.
@@ -142,9 +335,7 @@ impl Workload {
     /// The log after the mark set by [`Workload::mark_log`].
     pub fn log_since_mark(&self) -> String {
         let log = self.log();
-        log.get(self.log_mark.get()..)
-            .unwrap_or_default()
-            .to_owned()
+        log.get(self.log_mark.get()..).unwrap_or_default().to_owned()
     }
 
     /// From now on [`Workload::assert_passed`] looks for the verdict only in
@@ -238,8 +429,29 @@ impl Workload {
         self.wait_log_contains("READY\n", timeout);
     }
 
+    /// Workload-specific steps run before the dump (and in the self-checks,
+    /// after READY):
+    /// - `stopped`: SIGSTOP, and wait until it is in state `T`;
+    /// - others: nothing.
+    pub fn prepare(&self) {
+        if self.name == "stopped" {
+            self.send(libc::SIGSTOP);
+            let ok = process::poll_until(Duration::from_secs(5), || process::proc_state(self.pid) == Some('T'));
+            assert!(ok, "stopped (pid {}) not in state T after SIGSTOP: {:?}", self.pid, process::proc_state(self.pid));
+        }
+    }
+
+    /// True if the workload is expected to be stopped (state `T`) between
+    /// [`Workload::prepare`] and [`Workload::exercise`].
+    pub fn expects_stopped(&self) -> bool {
+        self.name == "stopped"
+    }
+
     /// Workload-specific steps run after restore (and in the self-checks),
     /// which the workload's final verdict depends on:
+    /// - `stopped`: it must be (still) stopped: state `T`, and no new
+    ///   `TICK` and no CPU time for 300 ms; then SIGCONT and wait for 5 new
+    ///   `TICK`s;
     /// - `signals`: SIGUSR1, wait for one more `GOT USR1`, then SIGINT (ignored);
     /// - `pauser`: SIGUSR1, wait for one more `WOKE`;
     /// - `sleeper`: wait for one more completed sleep (`SLEPT` line);
@@ -265,8 +477,52 @@ impl Workload {
                 let n = self.log_count("SLEPT ");
                 self.wait_log_count("SLEPT ", n + 1, t);
             }
+            "stopped" => {
+                self.assert_stays_stopped(Duration::from_millis(300));
+                let n = self.log_count("TICK ");
+                self.send(libc::SIGCONT);
+                self.wait_log_count("TICK ", n + 5, t);
+            }
             _ => {}
         }
+    }
+
+    /// Asserts the process stays in state `T` (job-control stop, not a
+    /// tracing stop) for `dur`, with neither new output nor CPU time.
+    pub fn assert_stays_stopped(&self, dur: Duration) {
+        let log_len = self.log().len();
+        let cpu = process::proc_cpu_ticks(self.pid);
+        let deadline = Instant::now() + dur;
+        loop {
+            let state = process::proc_state(self.pid);
+            assert!(
+                state == Some('T'),
+                "{} (pid {}) should be stopped (state T), but is in state {state:?}\nlog:\n{}",
+                self.name,
+                self.pid,
+                self.log()
+            );
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let log = self.log();
+        assert_eq!(
+            log.len(),
+            log_len,
+            "{} (pid {}) wrote output while stopped:\n{}",
+            self.name,
+            self.pid,
+            log.get(log_len..).unwrap_or_default()
+        );
+        let cpu_after = process::proc_cpu_ticks(self.pid);
+        assert!(
+            cpu.is_some() && cpu == cpu_after,
+            "{} (pid {}) used CPU time while stopped: {cpu:?} -> {cpu_after:?}",
+            self.name,
+            self.pid
+        );
     }
 
     /// Asserts the log holds exactly one `READY` line and no failure, and
@@ -275,9 +531,7 @@ impl Workload {
         let log = self.log();
         let since = self.log_since_mark();
         let readies = log.lines().filter(|l| *l == "READY").count();
-        let failed = log
-            .lines()
-            .any(|l| l.starts_with("FAIL") || l.starts_with("CHECK FAILED"));
+        let failed = log.lines().any(|l| l.starts_with("FAIL") || l.starts_with("CHECK FAILED"));
         let last = since.lines().rev().find(|l| !l.trim().is_empty());
         assert!(
             readies == 1 && !failed && last == Some("PASS"),
@@ -309,11 +563,7 @@ impl Workload {
     pub fn terminate_expect_fail(&self) -> String {
         let status = self.terminate_and_wait();
         let log = self.log();
-        let last = log
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or_default();
+        let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
         assert!(
             status.code() == Some(1) && last.starts_with("FAIL: "),
             "workload {} was expected to FAIL, but exited with {} and last line {last:?}\nlog:\n{log}",
@@ -324,14 +574,24 @@ impl Workload {
     }
 
     /// SIGTERM to the original child and wait for it to exit.
-    fn terminate_and_wait(&self) -> std::process::ExitStatus {
+    fn terminate_and_wait(&self) -> ExitStatus {
+        if self.adopted.load(Ordering::SeqCst) {
+            let _ = process::send_signal(self.pid, libc::SIGTERM);
+            let status = self.wait_adopted(EXIT_TIMEOUT).unwrap_or_else(|| {
+                panic!(
+                    "workload {} (pid {}) did not exit within {EXIT_TIMEOUT:?} of SIGTERM\nlog:\n{}",
+                    self.name,
+                    self.pid,
+                    self.log()
+                )
+            });
+            process::reap_strays();
+            return status;
+        }
         let mut guard = self.child.lock().expect("child lock");
-        let child = guard.as_mut().unwrap_or_else(|| {
-            panic!(
-                "workload {} (pid {}) is not the harness's child any more",
-                self.name, self.pid
-            )
-        });
+        let child = guard
+            .as_mut()
+            .unwrap_or_else(|| panic!("workload {} (pid {}) is not the harness's child any more", self.name, self.pid));
         let _ = process::send_signal(self.pid, libc::SIGTERM);
         let status = process::wait_timeout(child, EXIT_TIMEOUT).unwrap_or_else(|| {
             process::kill_and_reap(child);
@@ -351,18 +611,43 @@ impl Workload {
     /// After a successful, killing dump: reap the original child, which
     /// must have been killed by SIGKILL, so its pid is free for restore.
     pub(crate) fn reap_after_killing_dump(&self) {
-        let mut guard = self.child.lock().expect("child lock");
-        let Some(child) = guard.as_mut() else {
-            return;
+        let roles = self.roles();
+        let status = if self.adopted.load(Ordering::SeqCst) {
+            self.wait_adopted(Duration::from_secs(10))
+        } else {
+            let mut guard = self.child.lock().expect("child lock");
+            let Some(child) = guard.as_mut() else {
+                return;
+            };
+            let st = process::wait_timeout(child, Duration::from_secs(10));
+            if st.is_none() {
+                process::kill_and_reap(child);
+            }
+            *guard = None;
+            st
         };
-        let status = process::wait_timeout(child, Duration::from_secs(10)).unwrap_or_else(|| {
-            process::kill_and_reap(child);
+        let status = status.unwrap_or_else(|| {
             panic!(
                 "workload {} (pid {}) still running 10 s after a successful dump without --leave-running",
                 self.name, self.pid
             )
         });
-        *guard = None;
+        // the rest of the tree was killed too; its zombies are re-parented
+        // to us: reap them so that every pid is free for the restore
+        for r in &roles {
+            let gone = process::poll_until(Duration::from_secs(10), || {
+                process::reap_strays();
+                !Path::new(&format!("/proc/{}", r.pid)).exists()
+            });
+            assert!(
+                gone,
+                "{} of workload {} (pid {}) still exists 10 s after a killing dump: state {:?}",
+                r.role,
+                self.name,
+                r.pid,
+                process::proc_state(r.pid)
+            );
+        }
         assert_eq!(
             status.signal(),
             Some(libc::SIGKILL),
@@ -376,18 +661,69 @@ impl Workload {
 
     /// True while the original process is still the harness's child.
     pub fn is_original_child(&self) -> bool {
-        self.child.lock().expect("child lock").is_some()
+        self.child.lock().expect("child lock").is_some() || self.adopted.load(Ordering::SeqCst)
     }
+
+    /// Waits (by pid) for an adopted workload to exit and reaps it.
+    fn wait_adopted(&self, timeout: Duration) -> Option<ExitStatus> {
+        let st = process::wait_pid_timeout(self.pid, timeout);
+        if st.is_some() {
+            self.adopted.store(false, Ordering::SeqCst);
+        }
+        st
+    }
+
+    /// SIGKILLs the original process and every descendant (e.g. to free
+    /// its pids), reaps it and waits until every listed role's pid is free.
+    pub fn kill_tree_and_reap(&self) {
+        let roles = self.roles();
+        for pid in process::descendants(self.pid) {
+            process::kill_if_comm(pid, &self.comm);
+        }
+        let _ = process::send_signal(self.pid, libc::SIGKILL);
+        if self.adopted.load(Ordering::SeqCst) {
+            assert!(
+                self.wait_adopted(Duration::from_secs(10)).is_some(),
+                "{} (pid {}) survived SIGKILL",
+                self.name,
+                self.pid
+            );
+        } else {
+            let mut guard = self.child.lock().expect("child lock");
+            if let Some(child) = guard.as_mut() {
+                process::kill_and_reap(child);
+            }
+            *guard = None;
+        }
+        for pid in roles.iter().map(|r| r.pid) {
+            let gone = process::poll_until(Duration::from_secs(10), || {
+                process::reap_strays();
+                !Path::new(&format!("/proc/{pid}")).exists()
+            });
+            assert!(gone, "pid {pid} of {} did not go away", self.name);
+        }
+    }
+}
+
+/// The command name (`comm`, 15 bytes at most) of executable `exe`.
+fn comm_of(exe: &Path) -> String {
+    exe.file_name().expect("exe file name").to_string_lossy().chars().take(15).collect()
 }
 
 impl Drop for Workload {
     fn drop(&mut self) {
-        let mut guard = self
-            .child
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // the rest of the tree first (children of this workload, same comm)
+        let descendants = process::descendants(self.pid);
+        for pid in &descendants {
+            process::kill_if_comm(*pid, &self.comm);
+        }
+        let mut guard = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(child) = guard.as_mut() {
             process::kill_and_reap(child);
+        } else if self.adopted.load(Ordering::SeqCst) {
+            process::kill_if_comm(self.pid, &self.comm);
+            let _ = self.wait_adopted(Duration::from_secs(5));
+            process::untrack(self.pid);
         } else if process::kill_if_comm(self.pid, &self.comm) {
             process::poll_until(Duration::from_secs(2), || {
                 process::reap_strays();
@@ -396,6 +732,12 @@ impl Drop for Workload {
         }
         *guard = None;
         drop(guard);
+        if !descendants.is_empty() {
+            process::poll_until(Duration::from_secs(2), || {
+                process::reap_strays();
+                descendants.iter().all(|p| !process::pid_alive(*p))
+            });
+        }
         process::reap_strays();
     }
 }

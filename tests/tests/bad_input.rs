@@ -6,16 +6,14 @@
 use std::path::Path;
 
 use crt_tests::{
-    crt, crt_with_timeout, dump, flip_bytes_in_middle, pid_alive, task_image, truncate_to_half,
-    DirSnapshot, Restored, TestDir, Workload, READY_TIMEOUT, RUN_AFTER_RESTORE, RUN_BEFORE_DUMP,
+    crt, crt_with_timeout, dump, flip_bytes_in_middle, pid_alive, task_image, truncate_to_half, DirSnapshot, Restored,
+    TestDir, Workload, READY_TIMEOUT, RUN_AFTER_RESTORE, RUN_BEFORE_DUMP,
 };
 use std::time::Duration;
 
 /// A pid that does not exist now.
 fn unused_pid() -> i32 {
-    (999_999..)
-        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
-        .unwrap()
+    (999_999..).find(|p| !Path::new(&format!("/proc/{p}")).exists()).unwrap()
 }
 
 #[test]
@@ -23,13 +21,7 @@ fn dump_of_missing_pid_fails() {
     crt_tests::init!();
     let img = TestDir::new("crt-img-");
     let pid = unused_pid();
-    let out = crt(&[
-        "dump",
-        "--tree",
-        &pid.to_string(),
-        "-D",
-        &img.path().to_string_lossy(),
-    ]);
+    let out = crt(&["dump", "--tree", &pid.to_string(), "-D", &img.path().to_string_lossy()]);
     out.assert_failure().assert_stderr_mentions_number(pid);
     let snap = DirSnapshot::take(img.path());
     assert!(snap.is_empty(), "failed dump left files: {snap:?}");
@@ -49,17 +41,10 @@ fn dumped_counters() -> (Workload, TestDir) {
 /// they were and no process with the dumped pid behind.
 fn restore_must_fail_on(w: &Workload, img: &Path, damaged: &Path) {
     let before = DirSnapshot::take(img);
-    let out = crt_with_timeout(
-        &["restore", "-D", &img.to_string_lossy()],
-        Duration::from_secs(30),
-    );
+    let out = crt_with_timeout(&["restore", "-D", &img.to_string_lossy()], Duration::from_secs(30));
     let file = damaged.file_name().unwrap().to_string_lossy().into_owned();
     out.assert_failure().assert_stderr_contains(&file);
-    assert_eq!(
-        before,
-        DirSnapshot::take(img),
-        "a failed restore changed the images\n{out}"
-    );
+    assert_eq!(before, DirSnapshot::take(img), "a failed restore changed the images\n{out}");
     crt_tests::reap_strays();
     assert!(
         crt_tests::poll_until(Duration::from_secs(2), || !pid_alive(w.pid())),
@@ -99,18 +84,11 @@ fn restore_onto_busy_pid_fails() {
     let mut r = Restored::start(img.path(), &[]);
     let out = r.wait_exit(Duration::from_secs(30));
     out.assert_failure().assert_stderr_mentions_number(w.pid());
-    assert_eq!(
-        before,
-        DirSnapshot::take(img.path()),
-        "a failed restore changed the images"
-    );
+    assert_eq!(before, DirSnapshot::take(img.path()), "a failed restore changed the images");
 
     // the original is unharmed
     w.assert_alive("after the refused restore");
-    assert_eq!(
-        crt_tests::proc_status_field(w.pid(), "TracerPid").as_deref(),
-        Some("0")
-    );
+    assert_eq!(crt_tests::proc_status_field(w.pid(), "TracerPid").as_deref(), Some("0"));
     std::thread::sleep(RUN_AFTER_RESTORE);
     w.terminate_and_check();
 }
@@ -133,13 +111,8 @@ fn dump_into_a_regular_file_fails() {
     std::thread::sleep(RUN_BEFORE_DUMP);
 
     let out = dump(&[&w], &file, &[]);
-    out.assert_failure()
-        .assert_stderr_contains(&file.to_string_lossy());
-    assert_eq!(
-        std::fs::read(&file).unwrap(),
-        b"not a directory\n",
-        "the file was modified"
-    );
+    out.assert_failure().assert_stderr_contains(&file.to_string_lossy());
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a directory\n", "the file was modified");
     w.assert_alive("after the failed dump");
     std::thread::sleep(RUN_AFTER_RESTORE);
     w.terminate_and_check();

@@ -3,8 +3,7 @@
 #![allow(clippy::panic, clippy::unwrap_used)]
 
 use crt_tests::{
-    assert_image_files, dump, roundtrip, Restored, TestDir, Workload, READY_TIMEOUT,
-    RUN_AFTER_RESTORE, RUN_BEFORE_DUMP,
+    assert_image_files, dump, roundtrip, Restored, TestDir, Workload, READY_TIMEOUT, RUN_AFTER_RESTORE, RUN_BEFORE_DUMP,
 };
 
 fn rt(name: &str) {

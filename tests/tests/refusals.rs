@@ -2,9 +2,7 @@
 //! refused, no image files left, and the process still running untouched.
 #![allow(clippy::panic, clippy::unwrap_used)]
 
-use crt_tests::{
-    dump, DirSnapshot, TestDir, Workload, READY_TIMEOUT, RUN_AFTER_RESTORE, RUN_BEFORE_DUMP,
-};
+use crt_tests::{dump, DirSnapshot, TestDir, Workload, READY_TIMEOUT, RUN_AFTER_RESTORE, RUN_BEFORE_DUMP};
 
 /// The fd numbers of `pid` whose link target is `target`.
 fn fds_pointing_to(pid: i32, target: &str) -> Vec<String> {
@@ -25,11 +23,7 @@ fn eventfd_is_refused() {
     let img = TestDir::new("crt-img-");
     w.wait_ready(READY_TIMEOUT);
     let fds = fds_pointing_to(w.pid(), "anon_inode:[eventfd]");
-    assert_eq!(
-        fds.len(),
-        1,
-        "eventfd_holder should hold exactly one eventfd: {fds:?}"
-    );
+    assert_eq!(fds.len(), 1, "eventfd_holder should hold exactly one eventfd: {fds:?}");
     std::thread::sleep(RUN_BEFORE_DUMP);
 
     let out = dump(&[&w], img.path(), &[]);
@@ -38,18 +32,11 @@ fn eventfd_is_refused() {
         .assert_stderr_mentions_number(&fds[0])
         .assert_stderr_contains("eventfd");
     let snap = DirSnapshot::take(img.path());
-    assert!(
-        snap.is_empty(),
-        "a refused dump left files in {}: {snap:?}",
-        img.path().display()
-    );
+    assert!(snap.is_empty(), "a refused dump left files in {}: {snap:?}", img.path().display());
 
     // untouched: still running, not traced, and its state still verifies
     w.assert_alive("after the refused dump");
-    assert_eq!(
-        crt_tests::proc_status_field(w.pid(), "TracerPid").as_deref(),
-        Some("0")
-    );
+    assert_eq!(crt_tests::proc_status_field(w.pid(), "TracerPid").as_deref(), Some("0"));
     std::thread::sleep(RUN_AFTER_RESTORE);
     w.terminate_and_check();
 }

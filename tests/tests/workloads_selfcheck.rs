@@ -71,10 +71,7 @@ fn sabotaged(name: &str, needle: &str) {
     std::thread::sleep(RUN_BEFORE_DUMP + RUN_AFTER_RESTORE);
     w.exercise();
     let log = w.terminate_expect_fail();
-    assert!(
-        log.contains(needle),
-        "expected {needle:?} in the failure of {name}:\n{log}"
-    );
+    assert!(log.contains(needle), "expected {needle:?} in the failure of {name}:\n{log}");
 }
 
 #[test]
@@ -103,10 +100,7 @@ fn too_early(name: &str, needle: &str) {
     let w = Workload::spawn(name);
     w.wait_ready(READY_TIMEOUT);
     let log = w.terminate_expect_fail();
-    assert!(
-        log.contains(needle),
-        "expected {needle:?} in the failure of {name}:\n{log}"
-    );
+    assert!(log.contains(needle), "expected {needle:?} in the failure of {name}:\n{log}");
 }
 
 #[test]
@@ -170,17 +164,13 @@ fn harness_reaps_orphans_but_not_tracked_children() {
     let w = Workload::spawn("counters");
     w.wait_ready(READY_TIMEOUT);
     w.send(libc::SIGKILL);
-    assert!(crt_tests::poll_until(Duration::from_secs(5), || {
-        crt_tests::proc_state(w.pid()) == Some('Z')
-    }));
+    assert!(crt_tests::poll_until(Duration::from_secs(5), || { crt_tests::proc_state(w.pid()) == Some('Z') }));
 
     let mut sh = std::process::Command::new("sh");
-    sh.args(["-c", "sleep 0.1 & echo $!"])
-        .stdout(std::process::Stdio::piped());
+    sh.args(["-c", "sleep 0.1 & echo $!"]).stdout(std::process::Stdio::piped());
     let mut sh = crt_tests::spawn_tracked(&mut sh).expect("spawn sh");
     let mut out = String::new();
-    std::io::Read::read_to_string(&mut sh.stdout.take().expect("stdout"), &mut out)
-        .expect("read sh output");
+    std::io::Read::read_to_string(&mut sh.stdout.take().expect("stdout"), &mut out).expect("read sh output");
     let status = crt_tests::wait_timeout(&mut sh, Duration::from_secs(5)).expect("sh exits");
     assert!(status.success());
     let orphan: i32 = out.trim().parse().expect("orphan pid");
@@ -192,14 +182,208 @@ fn harness_reaps_orphans_but_not_tracked_children() {
         }),
         "orphan {orphan} was not reaped (reaped {reaped:?})"
     );
-    assert!(
-        !reaped.contains(&w.pid()),
-        "the reaper stole a tracked child"
-    );
-    assert_eq!(
-        crt_tests::proc_state(w.pid()),
-        Some('Z'),
-        "tracked zombie was reaped"
-    );
+    assert!(!reaped.contains(&w.pid()), "the reaper stole a tracked child");
+    assert_eq!(crt_tests::proc_state(w.pid()), Some('Z'), "tracked zombie was reaped");
     assert!(!w.is_alive());
+}
+
+// ---- forest workloads (several processes, threads, launchers) ----------
+
+/// The forest timeline without crt: every root of the group READY, its
+/// tree as recorded, `prepare`, run, `exercise`, then SIGTERM each root in
+/// turn and expect PASS.
+fn selfcheck_group(name: &str) -> Vec<Workload> {
+    crt_tests::init!();
+    let ws = Workload::spawn_group(name);
+    for w in &ws {
+        w.wait_ready(READY_TIMEOUT);
+        w.assert_tree("after READY");
+    }
+    for w in &ws {
+        w.prepare();
+    }
+    std::thread::sleep(RUN_BEFORE_DUMP + RUN_AFTER_RESTORE);
+    for w in &ws {
+        w.exercise();
+    }
+    for w in &ws {
+        w.terminate_and_check();
+    }
+    ws
+}
+
+/// Roles recorded by `w`, as `(role, ppid)` with pids replaced by role
+/// names (`root` for the workload itself).
+fn role_shape(w: &Workload) -> Vec<(String, String)> {
+    let roles = w.roles();
+    let name_of = |pid: i32| {
+        if pid == w.pid() {
+            "root".to_owned()
+        } else {
+            roles.iter().find(|r| r.pid == pid).map_or_else(|| format!("?{pid}"), |r| r.role.clone())
+        }
+    };
+    let mut v: Vec<(String, String)> = roles.iter().map(|r| (r.role.clone(), name_of(r.ppid))).collect();
+    v.sort();
+    v
+}
+
+fn shape(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn tree_pipes_passes() {
+    let ws = selfcheck_group("tree_pipes");
+    assert_eq!(role_shape(&ws[0]), shape(&[("c1", "root"), ("c2", "root"), ("c3", "root"), ("gc", "c3")]));
+    for c in ["c1", "c2", "c3", "gc"] {
+        assert!(ws[0].log().contains(&format!("CHILD {c} OK")), "{c} did not report");
+    }
+}
+
+#[test]
+fn threads4_passes() {
+    let ws = selfcheck_group("threads4");
+    let tids = ws[0].tids();
+    assert_eq!(tids.len(), 4, "threads4 recorded tids {tids:?}");
+    assert!(tids.iter().all(|t| *t != ws[0].pid()));
+}
+
+#[test]
+fn zombie_passes() {
+    let ws = selfcheck_group("zombie");
+    assert_eq!(role_shape(&ws[0]), shape(&[("zombie", "root")]));
+}
+
+#[test]
+fn stopped_passes() {
+    selfcheck_group("stopped");
+}
+
+#[test]
+fn session_passes() {
+    let ws = selfcheck_group("session");
+    assert_eq!(role_shape(&ws[0]), shape(&[("A", "root"), ("A1", "A"), ("B", "root")]));
+}
+
+#[test]
+fn shared_file_passes() {
+    let ws = selfcheck_group("shared_file");
+    assert_eq!(role_shape(&ws[0]), shape(&[("child", "root")]));
+}
+
+#[test]
+fn shared_mem_passes() {
+    selfcheck_group("shared_mem");
+}
+
+#[test]
+fn pipe_pair_passes() {
+    let ws = selfcheck_group("pipe_pair");
+    let names: Vec<&str> = ws.iter().map(Workload::name).collect();
+    assert_eq!(names, ["pipe_pair:w", "pipe_pair:r"]);
+    let r = ws[1].log();
+    assert!(r.contains("max_buffered="), "{r}");
+}
+
+/// Runs group `name` sabotaged and expects its root `idx` to FAIL
+/// mentioning `needle` (the other roots are terminated without checks).
+fn sabotaged_group(name: &str, idx: usize, needle: &str) {
+    crt_tests::init!();
+    let ws = Workload::spawn_group_with_env(name, &[("CRT_WL_SABOTAGE", "1")]);
+    for w in &ws {
+        w.wait_ready(READY_TIMEOUT);
+        w.prepare();
+    }
+    std::thread::sleep(RUN_BEFORE_DUMP + RUN_AFTER_RESTORE);
+    for w in &ws {
+        w.exercise();
+    }
+    // terminate the others first (e.g. the writer of a pipe), then the one
+    for (i, w) in ws.iter().enumerate() {
+        if i != idx {
+            w.send(libc::SIGTERM);
+        }
+    }
+    let log = ws[idx].terminate_expect_fail();
+    assert!(log.contains(needle), "expected {needle:?} in the failure of {name}:\n{log}");
+}
+
+#[test]
+fn tree_pipes_detects_a_lost_message() {
+    sabotaged_group("tree_pipes", 0, "got seq 301, want 300");
+}
+
+#[test]
+fn threads4_detects_tls_corruption() {
+    sabotaged_group("threads4", 0, "thread 2: thread-local value changed");
+}
+
+#[test]
+fn zombie_detects_early_reaping() {
+    sabotaged_group("zombie", 0, "waitid(WNOHANG|WNOWAIT) on the zombie: errno 10");
+}
+
+#[test]
+fn stopped_detects_counter_damage() {
+    sabotaged_group("stopped", 0, "but the loop ran");
+}
+
+#[test]
+fn session_detects_a_group_change() {
+    sabotaged_group("session", 0, "getpgid(B=");
+}
+
+#[test]
+fn shared_file_detects_unshared_offset() {
+    sabotaged_group("shared_file", 0, "shared offset is");
+}
+
+#[test]
+fn shared_mem_detects_unshared_memory() {
+    sabotaged_group("shared_mem", 0, "the other side's counter advanced only 0");
+}
+
+#[test]
+fn pipe_pair_detects_a_gap() {
+    sabotaged_group("pipe_pair", 1, "R: got seq 3001, want 3000 (gap)");
+}
+
+#[test]
+fn tree_pipes_requires_progress() {
+    too_early("tree_pipes", "ring advanced only");
+}
+
+#[test]
+fn stopped_requires_progress() {
+    too_early("stopped", "counter advanced only");
+}
+
+/// `stopped` is stopped by `prepare` and the `exercise` step checks it
+/// stays stopped; a running one fails that step.
+#[test]
+fn stopped_exercise_requires_a_stopped_process() {
+    crt_tests::init!();
+    let w = Workload::spawn("stopped");
+    w.wait_ready(READY_TIMEOUT);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.exercise()));
+    assert!(r.is_err(), "exercise accepted a running `stopped`");
+    std::thread::sleep(RUN_AFTER_RESTORE);
+    w.terminate_and_check();
+}
+
+/// The tree check notices a child that disappeared.
+#[test]
+fn harness_notices_a_missing_child() {
+    crt_tests::init!();
+    let w = Workload::spawn("shared_mem");
+    w.wait_ready(READY_TIMEOUT);
+    w.assert_tree("after READY");
+    let child = w.role_pid("child");
+    assert!(crt_tests::send_signal(child, libc::SIGKILL));
+    assert!(crt_tests::poll_until(Duration::from_secs(5), || { !w.tree_problems().is_empty() }));
+    let log = w.terminate_expect_fail();
+    assert!(log.contains("killed by signal 9"), "{log}");
 }

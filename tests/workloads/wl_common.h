@@ -195,4 +195,123 @@ static __attribute__((unused)) inline uint64_t wl_mix(uint64_t x)
 	return x ^ (x >> 31);
 }
 
+/* ---- multi-process workloads ------------------------------------------ */
+#include <sys/wait.h>
+
+static const char *wl_role = "root";
+
+/*
+ * In a freshly forked child: it has its own pid and failure count, prints
+ * no READY (the root does), and ends with wl_child_exit().
+ */
+static __attribute__((unused)) void wl_child_init(const char *role)
+{
+	wl_role = role;
+	wl_pid = getpid();
+	wl_failures = 0;
+	wl_first_failure[0] = 0;
+	wl_is_ready = 1;
+}
+
+/* A child's verdict: "CHILD <role> OK" or "CHILD <role> BAD: ...", exit 0/1. */
+__attribute__((noreturn, unused)) static void wl_child_exit(void)
+{
+	pid_t now = getpid();
+	WL_CHECK(now == wl_pid, "%s: getpid() changed: was %d, now %d", wl_role, (int)wl_pid,
+		 (int)now);
+	if (wl_failures == 0) {
+		wl_printf("CHILD %s OK\n", wl_role);
+		_exit(0);
+	}
+	wl_printf("CHILD %s BAD: %d check(s) failed, first: %s\n", wl_role, wl_failures,
+		  wl_first_failure);
+	_exit(1);
+}
+
+/*
+ * Appends "<role> <pid> <ppid>\n" to <workdir>/pids (one write on an O_APPEND
+ * fd, so concurrent writers do not mix).  The harness reads it to find and
+ * check the non-root processes of a tree.
+ */
+static __attribute__((unused)) void wl_record_pid(const char *role, pid_t pid, pid_t ppid)
+{
+	char line[128];
+	int n = snprintf(line, sizeof(line), "%s %d %d\n", role, (int)pid, (int)ppid);
+	int fd = open(wl_path("pids"), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	if (fd < 0 || write(fd, line, (size_t)n) != n)
+		wl_die("writing pids file");
+	close(fd);
+}
+
+/*
+ * Waits up to timeout_ms for child `pid` (named `role`) to exit; it must exit
+ * with status 0.  On timeout it is SIGKILLed.  Returns 1 if it passed.
+ */
+static __attribute__((unused)) int wl_wait_child(pid_t pid, const char *role, int timeout_ms)
+{
+	int64_t deadline = wl_now_ns() + (int64_t)timeout_ms * 1000000LL;
+	for (;;) {
+		int st = 0;
+		pid_t r = waitpid(pid, &st, WNOHANG);
+		if (r == pid) {
+			if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+				return 1;
+			if (WIFEXITED(st))
+				wl_fail("child %s (pid %d) exited with status %d", role, (int)pid,
+					WEXITSTATUS(st));
+			else if (WIFSIGNALED(st))
+				wl_fail("child %s (pid %d) killed by signal %d", role, (int)pid,
+					WTERMSIG(st));
+			else
+				wl_fail("child %s (pid %d): wait status %#x", role, (int)pid, st);
+			return 0;
+		}
+		if (r < 0 && errno != EINTR) {
+			wl_fail("waitpid(child %s, pid %d): errno %d", role, (int)pid, errno);
+			return 0;
+		}
+		if (wl_now_ns() > deadline) {
+			wl_fail("child %s (pid %d) did not exit within %d ms", role, (int)pid,
+				timeout_ms);
+			kill(pid, SIGKILL);
+			waitpid(pid, &st, 0);
+			return 0;
+		}
+		usleep(2000);
+	}
+}
+
+/*
+ * Progress of a loop across a dump/restore: a gap between two ticks longer
+ * than WL_STALL_NS counts as a stall (the dump/restore gap, or a SIGSTOP).
+ */
+#define WL_STALL_NS 50000000LL
+struct wl_progress {
+	int64_t last;
+	uint64_t ticks, since_stall, stalls;
+	int64_t max_gap;
+};
+
+static __attribute__((unused)) void wl_progress_init(struct wl_progress *p)
+{
+	memset(p, 0, sizeof(*p));
+	p->last = wl_now_ns();
+}
+
+static __attribute__((unused)) void wl_progress_tick(struct wl_progress *p)
+{
+	int64_t now = wl_now_ns();
+	int64_t gap = now - p->last;
+	if (gap > p->max_gap)
+		p->max_gap = gap;
+	if (gap > WL_STALL_NS) {
+		p->stalls++;
+		p->since_stall = 0;
+	}
+	p->last = now;
+	p->ticks++;
+	p->since_stall++;
+}
+
+
 #endif

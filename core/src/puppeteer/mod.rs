@@ -58,6 +58,9 @@ const SCRATCH_FLOOR: u64 = 0x10_0000;
 /// Consistency checks of a task image against this machine.
 pub fn check_task(dir: &ImageDir, task: &pb::Task, own: &[MapsEntry]) -> Result<(), RestoreError> {
     let invalid = |what: String| -> RestoreError { ImageError::Invalid { path: dir.task_path(task.pid), what }.into() };
+    if task.zombie {
+        return Ok(()); // nothing but its exit status to restore
+    }
     let mm = task.mm.as_ref().ok_or_else(|| invalid("no mm state".into()))?;
     if task.threads.is_empty() {
         return Err(invalid("no threads".into()));

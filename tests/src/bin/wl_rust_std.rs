@@ -74,19 +74,11 @@ fn main() {
         std::process::exit(2);
     }
 
-    let mut map: HashMap<String, u64> = (0..MAP_ENTRIES)
-        .map(|i| (format!("key-{i}"), i * i))
-        .collect();
+    let mut map: HashMap<String, u64> = (0..MAP_ENTRIES).map(|i| (format!("key-{i}"), i * i)).collect();
     let mut vec: Vec<u64> = Vec::new();
     let mut text = String::new();
     let seq_path = dir.join("seq.txt");
-    let mut file = match File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&seq_path)
-    {
+    let mut file = match File::options().read(true).write(true).create(true).truncate(true).open(&seq_path) {
         Ok(f) => f,
         Err(e) => {
             out(&format!("FAIL: setup: open {}: {e}\n", seq_path.display()));
@@ -94,9 +86,7 @@ fn main() {
         }
     };
     let start = Instant::now();
-    let mut checks = Checks {
-        failures: Vec::new(),
-    };
+    let mut checks = Checks { failures: Vec::new() };
     let mut iter: u64 = 0;
     let mut slept = Duration::ZERO;
 
@@ -115,29 +105,17 @@ fn main() {
         let t0 = Instant::now();
         std::thread::sleep(SLEEP);
         let dt = t0.elapsed();
-        checks.check(dt >= SLEEP, || {
-            format!("a {SLEEP:?} sleep measured only {dt:?}")
-        });
+        checks.check(dt >= SLEEP, || format!("a {SLEEP:?} sleep measured only {dt:?}"));
         slept += dt;
     }
 
-    out(&format!(
-        "INFO iterations={iter} elapsed={:?}\n",
-        start.elapsed()
-    ));
-    checks.check(iter >= ready_iter + MARGIN, || {
-        format!("only {} iterations since READY", iter - ready_iter)
-    });
+    out(&format!("INFO iterations={iter} elapsed={:?}\n", start.elapsed()));
+    checks.check(iter >= ready_iter + MARGIN, || format!("only {} iterations since READY", iter - ready_iter));
     checks.check(map.get("iterations") == Some(&iter), || {
-        format!(
-            "map[\"iterations\"] = {:?}, want {iter}",
-            map.get("iterations")
-        )
+        format!("map[\"iterations\"] = {:?}, want {iter}", map.get("iterations"))
     });
-    checks.check(
-        map.len() == usize::try_from(MAP_ENTRIES).unwrap_or(0) + 1,
-        || format!("map has {} entries", map.len()),
-    );
+    checks
+        .check(map.len() == usize::try_from(MAP_ENTRIES).unwrap_or(0) + 1, || format!("map has {} entries", map.len()));
     for i in 0..MAP_ENTRIES {
         let v = map.get(&format!("key-{i}")).copied();
         if v != Some(i * i) {
@@ -146,33 +124,22 @@ fn main() {
         }
     }
     let want_vec: Vec<u64> = (0..iter).map(|i| i * 3 + 1).collect();
-    checks.check(vec == want_vec, || {
-        format!("vec of {} elements differs", vec.len())
-    });
+    checks.check(vec == want_vec, || format!("vec of {} elements differs", vec.len()));
     let want_text: String = (0..iter).map(|i| format!("{i},")).collect();
-    checks.check(text == want_text, || {
-        format!("string of {} bytes differs", text.len())
-    });
+    checks.check(text == want_text, || format!("string of {} bytes differs", text.len()));
     let elapsed = start.elapsed();
-    checks.check(elapsed >= slept, || {
-        format!("Instant: total {elapsed:?} < sum of sleeps {slept:?}")
-    });
+    checks.check(elapsed >= slept, || format!("Instant: total {elapsed:?} < sum of sleeps {slept:?}"));
 
     // the file: offset and contents through a fresh handle
     let pos = file.stream_position();
     let want_len = iter * 11;
-    checks.check(matches!(pos, Ok(p) if p == want_len), || {
-        format!("seq.txt position {pos:?}, want {want_len}")
-    });
+    checks.check(matches!(pos, Ok(p) if p == want_len), || format!("seq.txt position {pos:?}, want {want_len}"));
     let mut contents = String::new();
     let read = File::open(&seq_path).and_then(|mut f| f.read_to_string(&mut contents));
     checks.check(read.is_ok(), || format!("re-reading seq.txt: {read:?}"));
     let want_file: String = (0..iter).map(line).collect();
     checks.check(contents == want_file, || {
-        format!(
-            "seq.txt holds {} bytes, differs from the {iter} expected lines",
-            contents.len()
-        )
+        format!("seq.txt holds {} bytes, differs from the {iter} expected lines", contents.len())
     });
     let _ = file.seek(SeekFrom::End(0));
 
@@ -183,10 +150,6 @@ fn main() {
         out("PASS\n");
         std::process::exit(0);
     }
-    out(&format!(
-        "FAIL: {} check(s) failed, first: {}\n",
-        checks.failures.len(),
-        checks.failures[0]
-    ));
+    out(&format!("FAIL: {} check(s) failed, first: {}\n", checks.failures.len(), checks.failures[0]));
     std::process::exit(1);
 }

@@ -1,0 +1,186 @@
+/*
+ * pipe_pair: a launcher.  It creates a pipe, forks a writer W and a reader R
+ * and exits, so W and R are re-parented to the harness (a subreaper) as two
+ * separate roots joined by the pipe.  Each runs in its own workdir
+ * (argv[1]/w and argv[1]/r): its own out.log (stdout/stderr), and a "pid"
+ * file holding its pid, written before READY.
+ *
+ * W writes batches of BATCH sequence numbers (u64) with blocking writes,
+ * much faster than R reads, so the pipe is full (tens of KiB buffered) most
+ * of the time.  R reads READ_CHUNK bytes every ~5 ms, checks the sequence
+ * continues with no gap or duplicate, and records how many bytes were
+ * buffered (FIONREAD).  On SIGTERM each verifies it made progress after
+ * READY and after the last stall; R also that the pipe held kilobytes.
+ * W ignores SIGPIPE and treats EPIPE (R already gone) as the end.
+ * Sabotage: W skips one sequence number (R must notice the gap).
+ */
+#include "wl_common.h"
+#include <sys/ioctl.h>
+
+#define BATCH 64
+#define READ_CHUNK 256
+#define W_MARGIN 20
+#define R_MARGIN 200
+#define AFTER_STALL_MIN 5
+#define MIN_BUFFERED 4096
+
+static void setup(const char *sub, const char *root_dir)
+{
+	static char dir[4096];
+	snprintf(dir, sizeof(dir), "%s/%s", root_dir, sub);
+	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+		wl_die("mkdir %s", dir);
+	wl_dir = dir;
+	wl_pid = getpid();
+	int log = open(wl_path("out.log"), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	if (log < 0 || dup2(log, 1) != 1 || dup2(log, 2) != 2)
+		wl_die("log");
+	close(log);
+	char buf[32];
+	int n = snprintf(buf, sizeof(buf), "%d\n", (int)wl_pid);
+	int fd = open(wl_path("pid.tmp"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0 || write(fd, buf, (size_t)n) != n || close(fd) != 0 ||
+	    rename(wl_path("pid.tmp"), wl_path("pid")) != 0)
+		wl_die("pid file");
+}
+
+static void writer(int fd)
+{
+	signal(SIGPIPE, SIG_IGN);
+	uint64_t seq = 0, batches = 0, ready_batches = 0;
+	int peer_gone = 0;
+	struct wl_progress prog;
+	wl_progress_init(&prog);
+	while (!wl_term) {
+		if (peer_gone) {
+			usleep(5000);
+			continue;
+		}
+		uint64_t buf[BATCH];
+		for (int i = 0; i < BATCH; i++) {
+			if (wl_sabotage && seq == 3000)
+				seq++;
+			buf[i] = seq++;
+		}
+		for (;;) {
+			ssize_t r = write(fd, buf, sizeof(buf)); /* <= PIPE_BUF: atomic */
+			if (r == sizeof(buf))
+				break;
+			if (r < 0 && errno == EINTR && !wl_term)
+				continue;
+			if (r < 0 && errno == EPIPE) {
+				peer_gone = 1;
+				break;
+			}
+			if (!(r < 0 && errno == EINTR))
+				wl_fail("W: write returned %zd errno %d", r, errno);
+			break;
+		}
+		if (wl_term || peer_gone)
+			continue;
+		batches++;
+		wl_progress_tick(&prog);
+		if (!wl_is_ready) {
+			ready_batches = batches;
+			wl_ready();
+		}
+		usleep(1000);
+	}
+	wl_printf("INFO W: batches=%llu ready=%llu stalls=%llu since_stall=%llu peer_gone=%d\n",
+		  (unsigned long long)batches, (unsigned long long)ready_batches,
+		  (unsigned long long)prog.stalls, (unsigned long long)prog.since_stall, peer_gone);
+	WL_CHECK(batches >= ready_batches + W_MARGIN, "W: only %llu batches since READY",
+		 (unsigned long long)(batches - ready_batches));
+	WL_CHECK(prog.since_stall >= AFTER_STALL_MIN, "W: only %llu batches after the last stall",
+		 (unsigned long long)prog.since_stall);
+	wl_finish();
+}
+
+static void reader(int fd)
+{
+	unsigned char buf[READ_CHUNK + 8];
+	size_t have = 0;
+	uint64_t expect = 0, got = 0, ready_got = 0;
+	int max_buffered = 0, max_buffered_after_stall = 0, eof = 0;
+	struct wl_progress prog;
+	wl_progress_init(&prog);
+	while (!wl_term && !eof) {
+		int avail = 0;
+		if (ioctl(fd, FIONREAD, &avail) == 0) {
+			if (avail > max_buffered)
+				max_buffered = avail;
+			if (prog.stalls > 0 && avail > max_buffered_after_stall)
+				max_buffered_after_stall = avail;
+		}
+		ssize_t r = read(fd, buf + have, READ_CHUNK);
+		if (r < 0) {
+			if (errno != EINTR)
+				wl_fail("R: read errno %d", errno);
+			continue;
+		}
+		if (r == 0) {
+			eof = 1; /* W ended first (it got SIGTERM too) */
+			break;
+		}
+		have += (size_t)r;
+		size_t n = have / 8;
+		for (size_t i = 0; i < n; i++) {
+			uint64_t v;
+			memcpy(&v, buf + i * 8, 8);
+			if (v != expect && wl_failures < 5)
+				wl_fail("R: got seq %llu, want %llu (%s)", (unsigned long long)v,
+					(unsigned long long)expect, v > expect ? "gap" : "duplicate");
+			expect = v + 1;
+			got++;
+		}
+		memmove(buf, buf + n * 8, have - n * 8);
+		have -= n * 8;
+		wl_progress_tick(&prog);
+		if (!wl_is_ready) {
+			ready_got = got;
+			wl_ready();
+		}
+		usleep(5000);
+	}
+	while (!wl_term)
+		usleep(5000);
+	wl_printf("INFO R: got=%llu ready=%llu stalls=%llu since_stall=%llu max_buffered=%d "
+		  "max_buffered_after_stall=%d eof=%d\n",
+		  (unsigned long long)got, (unsigned long long)ready_got,
+		  (unsigned long long)prog.stalls, (unsigned long long)prog.since_stall,
+		  max_buffered, max_buffered_after_stall, eof);
+	WL_CHECK(got >= ready_got + R_MARGIN, "R: only %llu numbers since READY",
+		 (unsigned long long)(got - ready_got));
+	WL_CHECK(prog.since_stall >= AFTER_STALL_MIN, "R: only %llu reads after the last stall",
+		 (unsigned long long)prog.since_stall);
+	WL_CHECK(max_buffered >= MIN_BUFFERED, "R: at most %d bytes were ever buffered",
+		 max_buffered);
+	wl_finish();
+}
+
+int main(int argc, char **argv)
+{
+	wl_init(argc, argv);
+	const char *root_dir = argv[1];
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) != 0)
+		wl_die("pipe");
+	pid_t w = fork();
+	if (w < 0)
+		wl_die("fork W");
+	if (w == 0) {
+		close(p[0]);
+		setup("w", root_dir);
+		writer(p[1]);
+	}
+	pid_t r = fork();
+	if (r < 0)
+		wl_die("fork R");
+	if (r == 0) {
+		close(p[1]);
+		setup("r", root_dir);
+		reader(p[0]);
+	}
+	wl_printf("LAUNCHED w=%d r=%d\n", (int)w, (int)r);
+	return 0;
+}
