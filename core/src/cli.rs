@@ -29,6 +29,9 @@ pub struct Cli {
     /// Write figures of the run (phase timings, bytes, crt's peak memory) as JSON to this file.
     #[arg(long, global = true, value_name = "PATH")]
     pub stats: Option<PathBuf>,
+    /// An option for a handler, NAME:KEY=VALUE (repeatable; see `crt plugins`).
+    #[arg(short = 'o', long = "handler-opt", global = true, value_name = "NAME:KEY=VALUE")]
+    pub handler_opt: Vec<String>,
     /// Directory with plugin `.so` files (repeatable; also $CRT_PLUGIN_DIR; default /usr/lib/crt).
     #[arg(long, global = true, value_name = "DIR")]
     pub plugin_dir: Vec<PathBuf>,
@@ -171,6 +174,9 @@ fn write_stats<T: serde::Serialize>(stats: &T) {
 
 fn run(cli: Cli) -> Result<ExitCode, BoxError> {
     let registry = Registry::builtin();
+    for opt in &cli.handler_opt {
+        registry.configure(opt)?;
+    }
     if let Some(p) = cli.stats {
         let _ = STATS_PATH.set(p);
     }

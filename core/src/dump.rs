@@ -112,6 +112,9 @@ pub enum DumpError {
     /// Reading /proc failed.
     #[error(transparent)]
     Proc(#[from] ProcError),
+    /// A handler's hook refused.
+    #[error(transparent)]
+    Hook(#[from] crate::handlers::HookError),
     /// A failure injected by `CRT_FAULT`.
     #[error(transparent)]
     Fault(#[from] crate::fault::Injected),
@@ -159,10 +162,13 @@ fn run(opts: &DumpOptions, registry: &Registry, out: &mut Output) -> Result<Dump
     let mut stats = DumpStats::default();
 
     // 1. Discover.
+    registry.hook("dump_init", |h| h.dump_init(opts.roots.as_slice().into()))?;
     let mut forest = {
         let _s = info_span!("discover").entered();
         Forest::discover(&opts.roots)?
     };
+    let pids: Vec<i32> = forest.procs.iter().map(|p| p.pid).collect();
+    registry.hook("dump_pause", |h| h.dump_pause(pids.as_slice().into()))?;
 
     // 2. Freeze.
     let t = Instant::now();
@@ -173,6 +179,8 @@ fn run(opts: &DumpOptions, registry: &Registry, out: &mut Output) -> Result<Dump
     stats.freeze = t.elapsed().as_secs_f64();
     info!(tasks = forest.procs.len(), secs = stats.freeze, "froze the forest");
     check_supported(&forest)?;
+    let pids: Vec<i32> = forest.procs.iter().map(|p| p.pid).collect();
+    registry.hook("dump_checkpoint", |h| h.dump_checkpoint(pids.as_slice().into()))?;
 
     // 3-6 under the frozen forest; undo on any error.
     let mut sessions: Vec<Session> = Vec::new();

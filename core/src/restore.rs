@@ -119,6 +119,9 @@ pub enum RestoreError {
     /// Reading /proc failed.
     #[error(transparent)]
     Proc(#[from] ProcError),
+    /// A handler's hook refused.
+    #[error(transparent)]
+    Hook(#[from] crate::handlers::HookError),
     /// A failure injected by `CRT_FAULT`.
     #[error(transparent)]
     Fault(#[from] crate::fault::Injected),
@@ -152,6 +155,9 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
         validate(&dir, registry)?
     };
     stats.validate = t.elapsed().as_secs_f64();
+
+    let pids: Vec<i32> = tasks.iter().map(|t| t.task.pid).collect();
+    registry.hook("restore_init", |h| h.restore_init(pids.as_slice().into()))?;
 
     // 2-4. Create, rebuild; kill everything created on failure.
     let mut created = Created::default();
@@ -233,6 +239,7 @@ fn build_all<'t>(
         }
         stats.create += t.elapsed().as_secs_f64();
         let mut b = Builder::start(pid, task, parent_pidfd)?;
+        b.after_fork(registry)?;
         b.phase_a(&mut ctx, loaded, stats)?;
         builders.push((b, task));
         crate::fault::check("restore-after-task")?;

@@ -36,8 +36,8 @@
 // The sabi_trait macro generates impls inside a const; rustc flags that.
 #![allow(non_local_definitions)]
 
-use abi_stable::std_types::RResult::{self, RErr};
-use abi_stable::std_types::{RSlice, RSliceMut, RString, RVec};
+use abi_stable::std_types::RResult::{self, RErr, ROk};
+use abi_stable::std_types::{RSlice, RSliceMut, RStr, RString, RVec};
 use abi_stable::{sabi_trait, StableAbi};
 
 /// Version of this ABI. Bumped only for incompatible changes; new hooks are
@@ -249,10 +249,57 @@ pub trait Handler: Send + Sync {
         RErr("this handler does not restore memory areas".into())
     }
 
-    /// The dump is over (`ok` false when it failed): drop per-dump state,
-    /// resume a quiesced device.
+    /// Sets an option given on the command line as
+    /// `--handler-opt NAME:KEY=VALUE`. Unknown keys should be refused.
+    fn configure(&self, key: RStr<'_>, value: RStr<'_>) -> RResult<(), RString> {
+        let _ = value;
+        RErr(format!("unknown option {key}").into())
+    }
+
+    /// Dump hook 1: a dump of the trees under `roots` begins.
+    fn dump_init(&self, roots: RSlice<'_, i32>) -> RResult<(), RString> {
+        let _ = roots;
+        ROk(())
+    }
+
+    /// Dump hook 2: the forest (`pids`) is known but still running; quiesce
+    /// a device here.
+    fn dump_pause(&self, pids: RSlice<'_, i32>) -> RResult<(), RString> {
+        let _ = pids;
+        ROk(())
+    }
+
+    /// Dump hook 3: every task of the forest (`pids`) is frozen; next come
+    /// `dump_fd` / `dump_vma` for each claimed resource.
+    fn dump_checkpoint(&self, pids: RSlice<'_, i32>) -> RResult<(), RString> {
+        let _ = pids;
+        ROk(())
+    }
+
+    /// Dump hook 5: the dump is over (`ok` false when it failed, and the
+    /// tasks keep running): drop per-dump state, resume a quiesced device.
     fn dump_finish(&self, ok: bool) {
         let _ = ok;
+    }
+
+    /// Restore hook 1: a restore of the forest `pids` begins.
+    fn restore_init(&self, pids: RSlice<'_, i32>) -> RResult<(), RString> {
+        let _ = pids;
+        ROk(())
+    }
+
+    /// Restore hook 2: process `task` was just created (still a copy of its
+    /// creator; nothing of it is restored yet).
+    fn restore_after_fork(&self, task: TaskRef<'_>) -> RResult<(), RString> {
+        let _ = task;
+        ROk(())
+    }
+
+    /// Restore hook 4: `task`'s memory and fds are back (late, per task,
+    /// before its registers are loaded and it is released).
+    fn restore_resume(&self, task: TaskRef<'_>) -> RResult<(), RString> {
+        let _ = task;
+        ROk(())
     }
 
     /// The restore is over (`ok` false when it failed): drop per-restore

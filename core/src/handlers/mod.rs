@@ -77,6 +77,53 @@ impl Registry {
     }
 }
 
+/// A handler's hook or option refused.
+#[derive(Debug, thiserror::Error)]
+#[error("handler {handler}: {hook}: {msg}")]
+pub struct HookError {
+    /// The handler.
+    pub handler: String,
+    /// The hook or option.
+    pub hook: String,
+    /// What it said.
+    pub msg: String,
+}
+
+impl Registry {
+    /// Calls `hook` on every handler, in claim order; the first refusal stops.
+    pub fn hook(
+        &self,
+        name: &str,
+        mut hook: impl FnMut(&HandlerBox) -> abi_stable::std_types::RResult<(), abi_stable::std_types::RString>,
+    ) -> Result<(), HookError> {
+        for h in &self.handlers {
+            if let abi_stable::std_types::RResult::RErr(msg) = hook(h) {
+                return Err(HookError {
+                    handler: h.name().into_string(),
+                    hook: name.to_string(),
+                    msg: msg.into_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `--handler-opt NAME:KEY=VALUE`.
+    pub fn configure(&self, opt: &str) -> Result<(), HookError> {
+        let err = |handler: &str, msg: String| HookError {
+            handler: handler.to_string(),
+            hook: format!("option {opt:?}"),
+            msg,
+        };
+        let (name, kv) = opt.split_once(':').ok_or_else(|| err("?", "expected NAME:KEY=VALUE".into()))?;
+        let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+        let h = self
+            .by_name(name)
+            .ok_or_else(|| err(name, format!("no such handler (have: {})", self.names().join(", "))))?;
+        h.configure(key.into(), value.into()).into_result().map_err(|m| err(name, m.into_string()))
+    }
+}
+
 /// Version string built-in handlers record.
 pub const BUILTIN_VERSION: &str = env!("CARGO_PKG_VERSION");
 

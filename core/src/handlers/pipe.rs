@@ -1,10 +1,12 @@
-//! Built-in handler for anonymous pipes, with the bytes buffered in them.
+//! Built-in handler for pipes and named FIFOs, with the bytes buffered in them.
 //!
 //! At dump, the buffered bytes are copied without consuming them: crt
 //! opens a second read end through `/proc/PID/fd/N` and `tee(2)`s the pipe
 //! into a private pipe. The first end of a pipe dumped carries the bytes.
 //! At restore, the first end restored creates the pipe and refills it;
-//! ends not held by any task are closed when the restore finishes.
+//! ends not held by any task are closed when the restore finishes. A FIFO
+//! is reopened by path: crt first holds it open read-write (which never
+//! blocks and keeps the buffered bytes alive), then opens each end.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -18,12 +20,13 @@ use prost::Message;
 use super::{boxed, Builtin, BUILTIN_VERSION};
 use crate::images::pb;
 
-/// Anonymous pipes (`pipe:[ino]`).
+/// Anonymous pipes (`pipe:[ino]`) and named FIFOs.
 #[derive(Default)]
 pub struct Pipe {
     /// Pipes whose bytes are already in the image (dump).
     dumped: Mutex<HashSet<u64>>,
-    /// Pipes recreated so far: read end, write end (restore).
+    /// Pipes recreated so far: read end, write end (restore). For a FIFO
+    /// both are one read-write descriptor that keeps it open.
     made: Mutex<HashMap<u64, (OwnedFd, OwnedFd)>>,
 }
 
@@ -54,6 +57,22 @@ fn fcntl(fd: &OwnedFd, cmd: i32, arg: i32) -> Result<i32, String> {
     } else {
         Ok(r)
     }
+}
+
+/// Opens FIFO `path` with access mode `acc` without blocking.
+fn open_fifo(path: &str, acc: i32) -> Result<OwnedFd, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("FIFO {path}: {e}"))?;
+    use std::os::unix::fs::FileTypeExt;
+    if !meta.file_type().is_fifo() {
+        return Err(format!("{path} is no longer a FIFO"));
+    }
+    let f = std::fs::File::options()
+        .read(acc != libc::O_WRONLY)
+        .write(acc != libc::O_RDONLY)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("opening FIFO {path}: {e}"))?;
+    Ok(f.into())
 }
 
 /// The bytes buffered in the pipe behind `/proc/<pid>/fd/<fd>`, left in place.
@@ -95,14 +114,18 @@ impl Handler for Pipe {
     }
 
     fn claims_fd(&self, fd: &FdDesc) -> bool {
-        fd.file_type() == libc::S_IFIFO && fd.link.starts_with("pipe:[")
+        fd.file_type() == libc::S_IFIFO && (fd.link.starts_with("pipe:[") || fd.link.starts_with('/'))
     }
 
     fn dump_fd(&self, _task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
         let first = self.dumped.lock().map(|mut s| s.insert(fd.ino)).unwrap_or(false);
         let r = (|| -> Result<Vec<u8>, String> {
             let (pipe_size, data) = if first { peek(fd.pid, fd.fd)? } else { (0, Vec::new()) };
+            if fd.link.ends_with(" (deleted)") {
+                return Err(format!("FIFO {} was deleted; crt cannot recreate it", fd.link));
+            }
             let img = pb::PipeEnd {
+                fifo_path: if fd.link.starts_with('/') { fd.link.to_string() } else { String::new() },
                 ino: fd.ino,
                 write_end: fd.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32,
                 flags: fd.flags,
@@ -138,6 +161,11 @@ impl Pipe {
         let mut made = self.made.lock().map_err(|_| "pipe state poisoned".to_string())?;
         let (r, w) = match made.entry(img.ino) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) if !img.fifo_path.is_empty() => {
+                let anchor = open_fifo(&img.fifo_path, libc::O_RDWR)?;
+                let other = anchor.try_clone().map_err(|e| format!("dup: {e}"))?;
+                e.insert((anchor, other))
+            }
             std::collections::hash_map::Entry::Vacant(e) => {
                 let (r, w) = pipe2()?;
                 if img.pipe_size > 0 {
@@ -151,8 +179,15 @@ impl Pipe {
             let mut f = std::fs::File::from(w.try_clone().map_err(|e| format!("dup: {e}"))?);
             f.write_all(&img.data).map_err(|e| format!("refilling the pipe with {} bytes: {e}", img.data.len()))?;
         }
-        let end = if img.write_end { w } else { r };
         let status = img.flags as i32 & (libc::O_NONBLOCK | libc::O_DIRECT);
+        if !img.fifo_path.is_empty() {
+            // Its own open file description, as the task had it.
+            let acc = img.flags as i32 & libc::O_ACCMODE;
+            let end = open_fifo(&img.fifo_path, acc)?;
+            fcntl(&end, libc::F_SETFL, status)?;
+            return Ok(end.into_raw_fd());
+        }
+        let end = if img.write_end { w } else { r };
         fcntl(end, libc::F_SETFL, status)?;
         Ok(end.try_clone().map_err(|e| format!("dup: {e}"))?.into_raw_fd())
     }

@@ -259,6 +259,13 @@ impl Builder {
         })
     }
 
+    /// Restore hook `after_fork`: the process exists, nothing is restored yet.
+    pub fn after_fork(&mut self, registry: &Registry) -> Result<(), RestoreError> {
+        let task = &mut self.p;
+        registry.hook("restore_after_fork", |h| h.restore_after_fork(crate::collect::task_ref(task)))?;
+        Ok(())
+    }
+
     /// Phase A: everything but signals, rseq, credentials and registers.
     pub fn phase_a(
         &mut self,
@@ -302,6 +309,8 @@ impl Builder {
     pub fn phase_b(&mut self, ctx: &RestoreCtx<'_>, task: &pb::Task) -> Result<(), RestoreError> {
         self.set_signals(ctx, task)?;
         self.set_thread_state(task)?;
+        let p = &mut self.p;
+        ctx.registry.hook("restore_resume", |h| h.restore_resume(crate::collect::task_ref(p)))?;
         self.set_creds(task)?;
         self.finish(task)?;
         debug!(pid = self.pid, injected = self.p.injected(), "task rebuilt");
