@@ -159,6 +159,43 @@ fn out(s: &str) -> std::io::Result<()> {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// `crt plugins`: handlers with origin, version, claims, hooks; plugins
+/// with ABI and path; files refused and plugins that declined.
+fn plugins_listing(registry: &Registry, report: &crate::plugins::Report) -> String {
+    let mut s = format!("crt plugin ABI {}\n\nhandlers (asked in this order):\n", crt_plugin_api::ABI_VERSION);
+    for name in registry.names() {
+        let Some(h) = registry.by_name(&name) else { continue };
+        let origin = registry.origin(&name).map(|o| o.provider()).unwrap_or_default();
+        s += &format!("  {name:<14} {:<8} {origin:<20} {}\n", h.version(), h.claims());
+        let hooks = h.hooks();
+        if !hooks.is_empty() {
+            s += &format!("  {:<44} hooks: {hooks}\n", "");
+        }
+    }
+    s += "\nplugins loaded:\n";
+    if report.loaded.is_empty() {
+        s += "  (none)\n";
+    }
+    for p in &report.loaded {
+        s += &format!(
+            "  {} {} (ABI {}) {}\n    {}\n    handlers: {}\n",
+            p.name,
+            p.version,
+            p.abi,
+            p.path.display(),
+            p.description,
+            p.handlers.join(", ")
+        );
+    }
+    for d in &report.declined {
+        s += &format!("\ndeclined: {} ({}): {}\n", d.name, d.path.display(), d.reason);
+    }
+    for r in &report.rejected {
+        s += &format!("\nrejected: {}: {}\n", r.path.display(), r.reason);
+    }
+    s
+}
+
 /// Where `--stats` goes (set once at start).
 static STATS_PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
@@ -173,7 +210,16 @@ fn write_stats<T: serde::Serialize>(stats: &T) {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, BoxError> {
-    let registry = Registry::builtin();
+    let mut registry = Registry::builtin();
+    let report = crate::plugins::load(&crate::plugins::dirs(&cli.plugin_dir), &mut registry);
+    if !matches!(cli.command, Command::Plugins) {
+        for r in &report.rejected {
+            tracing::warn!("plugin {} not loaded: {}", r.path.display(), r.reason);
+        }
+        for d in &report.declined {
+            tracing::info!("plugin {} ({}) declined: {}", d.name, d.path.display(), d.reason);
+        }
+    }
     for opt in &cli.handler_opt {
         registry.configure(opt)?;
     }
@@ -231,10 +277,7 @@ fn run(cli: Cli) -> Result<ExitCode, BoxError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins => {
-            for name in registry.names() {
-                let version = registry.by_name(&name).map(|h| h.version().into_string()).unwrap_or_default();
-                out(&format!("{name:<16} {version:<10} built-in\n"))?;
-            }
+            out(&plugins_listing(&registry, &report))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -276,7 +276,8 @@ fn collect_and_write(
         for h in task.vmas.iter().map(|v| &v.handler).chain(task.fds.iter().map(|f| &f.handler)) {
             if !plugins.iter().any(|p| &p.name == h) {
                 let version = registry.by_name(h).map(|x| x.version().into_string()).unwrap_or_default();
-                plugins.push(pb::PluginRef { name: h.clone(), version });
+                let provider = registry.origin(h).map(|o| o.provider()).unwrap_or_default();
+                plugins.push(pb::PluginRef { name: h.clone(), version, provider });
             }
         }
         collected.push((task, plans));

@@ -11,6 +11,7 @@ pub mod forest;
 pub mod handlers;
 pub mod images;
 pub mod mem;
+pub mod plugins;
 pub mod procfs;
 pub mod ptrace;
 pub mod puppet;

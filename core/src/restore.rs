@@ -59,12 +59,14 @@ pub enum RestoreError {
     #[error("{0}")]
     Incompatible(String),
     /// A handler the image needs is not available.
-    #[error("the image needs handler {name} {version}, which this crt does not have; install the plugin that provides it (see `crt plugins`)")]
+    #[error("the image needs handler {name} {version}{}, which this crt does not have; install that plugin (in /usr/lib/crt or a --plugin-dir) — `crt plugins` lists what is loaded", provider.as_deref().map(|p| format!(" from plugin {p}")).unwrap_or_default())]
     MissingHandler {
         /// Handler name.
         name: String,
         /// Version that wrote the image.
         version: String,
+        /// The plugin that provided it at dump time.
+        provider: Option<String>,
     },
     /// A pid the image needs is taken.
     #[error("pid {pid} is in use by {comm:?} (state {state}); stop that process or restore elsewhere")]
@@ -296,14 +298,18 @@ fn validate(dir: &ImageDir, registry: &Registry) -> Result<(pb::Inventory, Vec<L
         )));
     }
     for p in &inv.plugins {
-        let h = registry
-            .by_name(&p.name)
-            .ok_or_else(|| RestoreError::MissingHandler { name: p.name.clone(), version: p.version.clone() })?;
+        let h = registry.by_name(&p.name).ok_or_else(|| RestoreError::MissingHandler {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            provider: Some(p.provider.clone()).filter(|p| !p.is_empty() && p != "built-in"),
+        })?;
         let have = h.version().into_string();
         if major(&have) != major(&p.version) {
             return Err(RestoreError::Incompatible(format!(
-                "handler {} is version {have}, the image was written by version {}",
-                p.name, p.version
+                "handler {} is version {have} here, but the image was written by version {}{}; install a compatible version of that plugin",
+                p.name,
+                p.version,
+                if p.provider.is_empty() { String::new() } else { format!(" (from {})", p.provider) }
             )));
         }
     }

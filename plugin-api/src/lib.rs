@@ -36,6 +36,11 @@
 // The sabi_trait macro generates impls inside a const; rustc flags that.
 #![allow(non_local_definitions)]
 
+pub use abi_stable;
+
+mod plugin;
+pub use plugin::{PluginInit, PluginMod, PluginModRef};
+
 use abi_stable::std_types::RResult::{self, RErr, ROk};
 use abi_stable::std_types::{RSlice, RSliceMut, RStr, RString, RVec};
 use abi_stable::{sabi_trait, StableAbi};
@@ -212,6 +217,18 @@ pub trait Handler: Send + Sync {
     /// written by a handler of another major version.
     fn version(&self) -> RString;
 
+    /// What this handler claims, for people (`crt plugins`), e.g.
+    /// `"fd: anonymous pipes and FIFOs"`.
+    fn claims(&self) -> RString {
+        RString::new()
+    }
+
+    /// The hooks this handler implements beyond dump/restore of its
+    /// resources, for people (`crt plugins`), e.g. `"dump_pause, dump_finish"`.
+    fn hooks(&self) -> RString {
+        RString::new()
+    }
+
     /// True when this handler takes `fd`.
     fn claims_fd(&self, fd: &FdDesc) -> bool {
         let _ = fd;
@@ -311,3 +328,9 @@ pub trait Handler: Send + Sync {
 
 /// An owned, type-erased handler as crt stores it.
 pub type HandlerBox = Handler_TO<'static, abi_stable::std_types::RBox<()>>;
+
+/// Boxes a handler into the ABI-stable object crt stores (what a plugin's
+/// `init` returns in [`PluginInit::Handlers`]).
+pub fn handler_box<H: Handler + 'static>(h: H) -> HandlerBox {
+    Handler_TO::from_ptr(abi_stable::std_types::RBox::new(h), abi_stable::sabi_trait::TD_Opaque)
+}

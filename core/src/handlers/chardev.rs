@@ -24,6 +24,10 @@ impl Handler for CharDev {
         BUILTIN_VERSION.into()
     }
 
+    fn claims(&self) -> RString {
+        "fd: /dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom".into()
+    }
+
     fn claims_fd(&self, fd: &FdDesc) -> bool {
         fd.file_type() == libc::S_IFCHR && DEVICES.contains(&fd.link.as_str())
     }

@@ -23,6 +23,10 @@ impl Handler for FileMemory {
         BUILTIN_VERSION.into()
     }
 
+    fn claims(&self) -> RString {
+        "memory: mappings of regular files, private and shared".into()
+    }
+
     fn claims_vma(&self, vma: &VmaDesc) -> bool {
         let path = vma.name.as_str();
         // Regular files only: a mapped device needs a device plugin. A

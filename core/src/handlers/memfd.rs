@@ -95,6 +95,14 @@ impl Handler for MemFd {
         BUILTIN_VERSION.into()
     }
 
+    fn claims(&self) -> RString {
+        "fd and memory: memfd_create files".into()
+    }
+
+    fn hooks(&self) -> RString {
+        "dump_finish, restore_finish".into()
+    }
+
     fn claims_fd(&self, fd: &FdDesc) -> bool {
         fd.file_type() == libc::S_IFREG && memfd_name(&fd.link).is_some()
     }

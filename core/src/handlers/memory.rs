@@ -25,6 +25,10 @@ impl Handler for AnonMemory {
         BUILTIN_VERSION.into()
     }
 
+    fn claims(&self) -> RString {
+        "memory: anonymous private and shared areas (heap, stacks, MAP_ANONYMOUS)".into()
+    }
+
     fn claims_vma(&self, vma: &VmaDesc) -> bool {
         let name = vma.name.as_str();
         let anon =

@@ -32,9 +32,35 @@ pub fn boxed<H: Handler + 'static>(h: H) -> HandlerBox {
     Handler_TO::from_ptr(RBox::new(h), TD_Opaque)
 }
 
-/// All handlers crt knows, in claim order.
+/// Where a handler comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled into crt.
+    Builtin,
+    /// Loaded from a plugin.
+    Plugin {
+        /// The plugin's name.
+        name: String,
+        /// Its file.
+        path: std::path::PathBuf,
+    },
+}
+
+impl Origin {
+    /// `built-in` or the plugin's name.
+    pub fn provider(&self) -> String {
+        match self {
+            Origin::Builtin => "built-in".into(),
+            Origin::Plugin { name, .. } => name.clone(),
+        }
+    }
+}
+
+/// All handlers crt knows, in claim order: plugins first, then built-ins.
 pub struct Registry {
     handlers: Vec<HandlerBox>,
+    origins: Vec<Origin>,
+    plugins: usize,
 }
 
 impl std::fmt::Debug for Registry {
@@ -48,7 +74,20 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut list: Vec<&Builtin> = inventory::iter::<Builtin>.into_iter().collect();
         list.sort_by_key(|b| b.priority);
-        Self { handlers: list.into_iter().map(|b| (b.make)()).collect() }
+        let handlers: Vec<HandlerBox> = list.into_iter().map(|b| (b.make)()).collect();
+        Self { origins: vec![Origin::Builtin; handlers.len()], handlers, plugins: 0 }
+    }
+
+    /// Adds a plugin's handler, asked before the built-ins.
+    pub fn add_plugin_handler(&mut self, h: HandlerBox, origin: Origin) {
+        self.handlers.insert(self.plugins, h);
+        self.origins.insert(self.plugins, origin);
+        self.plugins += 1;
+    }
+
+    /// Where the handler called `name` comes from.
+    pub fn origin(&self, name: &str) -> Option<&Origin> {
+        self.handlers.iter().position(|h| h.name().as_str() == name).map(|i| &self.origins[i])
     }
 
     /// Handler names in claim order.

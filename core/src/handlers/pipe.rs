@@ -113,6 +113,14 @@ impl Handler for Pipe {
         BUILTIN_VERSION.into()
     }
 
+    fn claims(&self) -> RString {
+        "fd: anonymous pipes and named FIFOs, with buffered bytes".into()
+    }
+
+    fn hooks(&self) -> RString {
+        "dump_finish, restore_finish".into()
+    }
+
     fn claims_fd(&self, fd: &FdDesc) -> bool {
         fd.file_type() == libc::S_IFIFO && (fd.link.starts_with("pipe:[") || fd.link.starts_with('/'))
     }

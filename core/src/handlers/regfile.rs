@@ -25,6 +25,10 @@ impl Handler for RegFile {
         BUILTIN_VERSION.into()
     }
 
+    fn claims(&self) -> RString {
+        "fd: regular files opened by path (not deleted ones)".into()
+    }
+
     fn claims_fd(&self, fd: &FdDesc) -> bool {
         fd.file_type() == libc::S_IFREG && fd.link.starts_with('/')
     }

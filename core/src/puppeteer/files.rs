@@ -40,10 +40,11 @@ impl Builder {
                 msg: format!("shares open file {} with an fd that is not in the image", f.file_id),
             });
         }
-        let h = ctx
-            .registry
-            .by_name(&f.handler)
-            .ok_or_else(|| RestoreError::MissingHandler { name: f.handler.clone(), version: String::new() })?;
+        let h = ctx.registry.by_name(&f.handler).ok_or_else(|| RestoreError::MissingHandler {
+            name: f.handler.clone(),
+            version: String::new(),
+            provider: None,
+        })?;
         let fd = h.restore_fd(task_ref(&mut self.p), f.fd, f.blob.as_slice().into()).into_result().map_err(|msg| {
             RestoreError::Handler {
                 pid: self.pid,

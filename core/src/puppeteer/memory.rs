@@ -142,10 +142,11 @@ impl Builder {
             }
             ctx.shmem.insert(v.ino, (self.pid, v.start, v.end));
         }
-        let h = ctx
-            .registry
-            .by_name(&v.handler)
-            .ok_or_else(|| RestoreError::MissingHandler { name: v.handler.clone(), version: String::new() })?;
+        let h = ctx.registry.by_name(&v.handler).ok_or_else(|| RestoreError::MissingHandler {
+            name: v.handler.clone(),
+            version: String::new(),
+            provider: None,
+        })?;
         let desc = image_vma_desc(self.pid, v);
         let how =
             h.restore_vma(task_ref(&mut self.p), &desc, v.blob.as_slice().into()).into_result().map_err(|msg| {
