@@ -18,6 +18,8 @@ use crate::task_state;
 
 /// Scratch memory crt maps inside a task while collecting.
 const SCRATCH_LEN: u64 = 16 * 4096;
+/// Offset of the part of the scratch lent to plugins.
+const PLUGIN_SCRATCH: u64 = 4 * 4096;
 /// Kernel mappings that are neither restored nor handled.
 const KERNEL_MAPPINGS: [&str; 2] = ["[vsyscall]", "[uprobes]"];
 /// `prctl(PR_GET_TID_ADDRESS)`.
@@ -64,6 +66,7 @@ impl Session {
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
         let addr = self.puppet.call("mmap", libc::SYS_mmap, [0, SCRATCH_LEN, prot, flags, u64::MAX, 0])?;
         self.scratch = Some(addr);
+        self.puppet.set_plugin_scratch(addr + PLUGIN_SCRATCH, SCRATCH_LEN - PLUGIN_SCRATCH);
         Ok(addr)
     }
 

@@ -140,13 +140,20 @@ pub struct Puppet {
     mem: Option<File>,
     stashed: Vec<[u8; SIGINFO_LEN]>,
     injected: u64,
+    /// Scratch memory lent to plugins: address, length.
+    plugin_scratch: Option<(u64, u64)>,
 }
 
 impl Puppet {
     /// Drives stopped thread `tid`, using `base` as the register template
     /// (the thread's own registers) and `gadget` as the syscall instruction.
     pub fn new(tid: i32, base: user_regs_struct, gadget: u64) -> Self {
-        Self { tid, gadget, base, mem: None, stashed: Vec::new(), injected: 0 }
+        Self { tid, gadget, base, mem: None, stashed: Vec::new(), injected: 0, plugin_scratch: None }
+    }
+
+    /// Lends `[addr, addr+len)` of task memory to plugin hooks.
+    pub fn set_plugin_scratch(&mut self, addr: u64, len: u64) {
+        self.plugin_scratch = Some((addr, len));
     }
 
     /// The thread this puppet drives.
@@ -315,6 +322,15 @@ impl crt_plugin_api::Task for Puppet {
         mut buf: abi_stable::std_types::RSliceMut<'_, u8>,
     ) -> abi_stable::std_types::RResult<(), abi_stable::std_types::RString> {
         self.read(addr, buf.as_mut_slice()).map_err(|e| e.to_string().into()).into()
+    }
+
+    fn scratch(
+        &mut self,
+    ) -> abi_stable::std_types::RResult<abi_stable::std_types::Tuple2<u64, u64>, abi_stable::std_types::RString> {
+        match self.plugin_scratch {
+            Some((a, l)) => abi_stable::std_types::RResult::ROk(abi_stable::std_types::Tuple2(a, l)),
+            None => abi_stable::std_types::RResult::RErr("no scratch memory in this task at this point".into()),
+        }
     }
 
     fn take_fd(&mut self, fd: i32) -> abi_stable::std_types::RResult<i32, abi_stable::std_types::RString> {

@@ -199,6 +199,10 @@ pub trait Task {
     /// A copy, in crt's own fd table, of the task's descriptor `fd`
     /// (`pidfd_getfd`); the caller owns and must close it.
     fn take_fd(&mut self, fd: i32) -> RResult<i32, RString>;
+
+    /// Scratch memory inside the task that the hook may use freely while
+    /// it runs (for syscall arguments): `(address, length)`.
+    fn scratch(&mut self) -> RResult<abi_stable::std_types::Tuple2<u64, u64>, RString>;
 }
 
 /// A borrowed task handle as hooks receive it.

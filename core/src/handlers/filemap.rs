@@ -50,6 +50,12 @@ impl Handler for FileMemory {
 
 fn dump(vma: &VmaDesc) -> Result<VmaDump, String> {
     let path = vma.name.as_str();
+    if path == "/[aio] (deleted)" {
+        return Err(format!(
+            "AIO context (ring at {:#x}): install the crt-plugin-aio plugin (libcrt_plugin_aio.so in /usr/lib/crt or a --plugin-dir)",
+            vma.start
+        ));
+    }
     if is_deleted(path) {
         return Err(format!(
             "mapping {:#x}-{:#x} of {path}: the file was deleted (or is a memfd); crt cannot restore it yet",

@@ -91,6 +91,7 @@ impl Builder {
         let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
         self.scratch = self.p.call("mmap(scratch)", libc::SYS_mmap, [at, SCRATCH_LEN, prot, flags, u64::MAX, 0])?;
+        self.p.set_plugin_scratch(self.scratch + super::S_PLUGIN, SCRATCH_LEN - super::S_PLUGIN);
         Ok(())
     }
 

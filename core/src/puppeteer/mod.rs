@@ -52,6 +52,8 @@ const SCRATCH_LEN: u64 = 16 * PAGE_SIZE;
 const S_ARG: u64 = 1024;
 const S_AUXV: u64 = 2048;
 const S_CLONE: u64 = 4096;
+/// Offset of the part of the scratch lent to plugins.
+const S_PLUGIN: u64 = 4 * 4096;
 /// Lowest address crt maps its scratch area at.
 const SCRATCH_FLOOR: u64 = 0x10_0000;
 
