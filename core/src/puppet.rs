@@ -224,6 +224,10 @@ impl Puppet {
                     }
                     if now.rip == self.gadget + 2 {
                         self.injected += 1;
+                        // Between injections the thread holds its own
+                        // registers: if crt dies now, the kernel releases
+                        // it exactly where it was.
+                        ptrace::set_regs(self.tid, &self.base)?;
                         return Ok(now.rax as i64);
                     }
                     if now.rip != self.gadget {
