@@ -54,6 +54,9 @@ impl Session {
                 stashed.push((tid, t.stashed.clone()));
             }
         }
+        if puppets.is_empty() {
+            return Err(DumpError::Forest(crate::forest::ForestError::Vanished { pid: p.pid }));
+        }
         let puppet = puppets.remove(0);
         Ok(Self { pid: p.pid, puppet, threads: puppets, scratch: None, stashed, undone: false })
     }

@@ -106,11 +106,18 @@ struct CrtProcess {
 
 impl CrtProcess {
     fn spawn<S: AsRef<OsStr>>(args: &[S]) -> Self {
+        Self::spawn_env(args, &[])
+    }
+
+    /// Spawns crt with extra environment variables `envs` (for this crt
+    /// process only). `CRT_FAULT` is never inherited from the test process.
+    fn spawn_env<S: AsRef<OsStr>>(args: &[S], envs: &[(&str, &str)]) -> Self {
         let out_dir = TestDir::new("crt-out-");
         let stdout = std::fs::File::create(out_dir.path().join("stdout")).expect("create stdout file");
         let stderr = std::fs::File::create(out_dir.path().join("stderr")).expect("create stderr file");
         let mut cmd = Command::new(crt_path());
-        cmd.args(args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        cmd.args(args).stdin(Stdio::null()).stdout(stdout).stderr(stderr).env_remove("CRT_FAULT");
+        cmd.envs(envs.iter().copied());
         process::close_extra_fds(&mut cmd);
         let child = process::spawn_tracked(&mut cmd).expect("spawn crt");
         Self { args: args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect(), child, out_dir }
@@ -162,6 +169,13 @@ pub fn crt_with_timeout<S: AsRef<OsStr>>(args: &[S], timeout: Duration) -> CrtOu
     p.wait(timeout, "crt")
 }
 
+/// [`crt`] with extra environment variables for the crt process only
+/// (e.g. `[("CRT_FAULT", "dump-after-pages")]`).
+pub fn crt_env<S: AsRef<OsStr>>(args: &[S], envs: &[(&str, &str)]) -> CrtOutput {
+    let mut p = CrtProcess::spawn_env(args, envs);
+    p.wait(CRT_TIMEOUT, "crt")
+}
+
 /// `--tree` argument for a set of workloads: "pid1,pid2,...".
 pub fn tree_arg(workloads: &[&Workload]) -> String {
     workloads.iter().map(|w| w.pid().to_string()).collect::<Vec<_>>().join(",")
@@ -176,11 +190,17 @@ pub fn tree_arg(workloads: &[&Workload]) -> String {
 /// - failure: every process is still running and the contents of `img_dir`
 ///   (if it was a directory) are exactly what they were before.
 pub fn dump(workloads: &[&Workload], img_dir: &Path, extra: &[&str]) -> CrtOutput {
+    dump_env(workloads, img_dir, extra, &[])
+}
+
+/// [`dump`] with extra environment variables for the crt process only
+/// (e.g. `CRT_FAULT`); the same contract checks.
+pub fn dump_env(workloads: &[&Workload], img_dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> CrtOutput {
     let before = img_dir.is_dir().then(|| DirSnapshot::take(img_dir));
     let mut args: Vec<String> = vec!["dump".into(), "--tree".into(), tree_arg(workloads), "-D".into()];
     args.push(img_dir.to_string_lossy().into_owned());
     args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let out = crt(&args);
+    let out = crt_env(&args, envs);
     let leave_running = extra.contains(&"--leave-running");
     if out.success() && !leave_running {
         for w in workloads {
@@ -241,9 +261,15 @@ impl fmt::Debug for Restored {
 impl Restored {
     /// Spawns `crt restore -D img_dir <extra...>` (does not wait).
     pub fn start(img_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_env(img_dir, extra, &[])
+    }
+
+    /// [`Restored::start`] with extra environment variables for the crt
+    /// process only (e.g. `CRT_FAULT`).
+    pub fn start_env(img_dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut args: Vec<String> = vec!["restore".into(), "-D".into(), img_dir.to_string_lossy().into_owned()];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let proc = CrtProcess::spawn(&args);
+        let proc = CrtProcess::spawn_env(&args, envs);
         let pid = pid_of(&proc.child);
         Self { proc: Some(proc), pid }
     }
@@ -457,6 +483,12 @@ impl Forest {
     /// Dumps all workloads as one forest into the image directory.
     pub fn dump(&self, extra: &[&str]) -> CrtOutput {
         dump(&self.refs(), self.img_dir(), extra)
+    }
+
+    /// [`Forest::dump`] with extra environment variables for crt
+    /// ([`dump_env`]).
+    pub fn dump_env(&self, extra: &[&str], envs: &[(&str, &str)]) -> CrtOutput {
+        dump_env(&self.refs(), self.img_dir(), extra, envs)
     }
 
     /// Starts `crt restore` and waits until every root is running (or

@@ -16,7 +16,7 @@
 //!   after READY (to prove the checks can fail).
 //!
 //! Workloads with several processes (`tree_pipes`, `session`, `zombie`,
-//! `shared_file`, `shared_mem`):
+//! `shared_file`, `shared_mem`, `fifo_pair`, `memfd_share`, `clone_files`):
 //! - only the root prints READY and the final verdict; the other processes
 //!   share its log and report `CHILD <role> OK` (or `CHILD <role> BAD: ...`
 //!   after `CHECK FAILED` lines) and exit 0/1; the root waits for its
@@ -57,6 +57,7 @@
 mod crt;
 mod dirs;
 mod images;
+mod plugins;
 mod process;
 mod workload;
 
@@ -65,11 +66,12 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 pub use crate::crt::{
-    crt, crt_path, crt_with_timeout, dump, roundtrip, tree_arg, CrtOutput, Forest, Restored, RUN_AFTER_RESTORE,
-    RUN_BEFORE_DUMP,
+    crt, crt_env, crt_path, crt_with_timeout, dump, dump_env, roundtrip, tree_arg, CrtOutput, Forest, Restored,
+    RUN_AFTER_RESTORE, RUN_BEFORE_DUMP,
 };
 pub use crate::dirs::TestDir;
 pub use crate::images::{assert_image_files, flip_bytes_in_middle, task_image, truncate_to_half, DirSnapshot};
+pub use crate::plugins::{plugin_so, PluginDir, TEST_PLUGINS};
 pub use crate::process::{
     children_of, children_of_self, close_extra_fds, descendants, describe_status, pid_alive, poll_until, proc_comm,
     proc_cpu_ticks, proc_state, proc_status_field, reap_strays, send_signal, spawn_tracked, track, untrack,

@@ -26,6 +26,8 @@ pub const C_WORKLOADS: &[&str] = &[
     "vmas",
     "eventfd_holder",
     "bigmem",
+    "plugin_file",
+    "aio_events",
     "fanout",
     "manythreads",
     "tree_pipes",
@@ -36,12 +38,20 @@ pub const C_WORKLOADS: &[&str] = &[
     "shared_file",
     "shared_mem",
     "pipe_pair",
+    "unix_spair",
+    "unix_link",
+    "unix_backlog",
+    "unix_dgram",
+    "fifo_pair",
+    "memfd_share",
+    "clone_files",
+    "timers_rlimits",
 ];
 
 /// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed
 /// roles and exits, so they are re-parented to the harness (a subreaper)
 /// as separate roots; see [`Workload::spawn_group`].
-pub const LAUNCHERS: &[(&str, &[&str])] = &[("pipe_pair", &["w", "r"])];
+pub const LAUNCHERS: &[(&str, &[&str])] = &[("pipe_pair", &["w", "r"]), ("unix_link", &["s", "c"])];
 
 /// A non-root process of a workload's tree, as listed by the workload in
 /// `<workdir>/pids` (lines `<role> <pid> <ppid>`).

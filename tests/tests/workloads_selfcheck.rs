@@ -387,3 +387,70 @@ fn harness_notices_a_missing_child() {
     let log = w.terminate_expect_fail();
     assert!(log.contains("killed by signal 9"), "{log}");
 }
+
+// ---- FIFOs, memfds, shared fd tables, timers and rlimits ----------------
+
+#[test]
+fn fifo_pair_passes() {
+    let ws = selfcheck_group("fifo_pair");
+    assert_eq!(role_shape(&ws[0]), shape(&[("w", "root"), ("r", "root")]));
+    let log = ws[0].log();
+    assert!(log.contains("CHILD w OK") && log.contains("CHILD r OK"), "{log}");
+}
+
+#[test]
+fn memfd_share_passes() {
+    let ws = selfcheck_group("memfd_share");
+    assert_eq!(role_shape(&ws[0]), shape(&[("child", "root")]));
+}
+
+#[test]
+fn clone_files_passes() {
+    let ws = selfcheck_group("clone_files");
+    assert_eq!(role_shape(&ws[0]), shape(&[("child", "root")]));
+}
+
+#[test]
+fn timers_rlimits_passes() {
+    selfcheck_group("timers_rlimits");
+}
+
+#[test]
+fn fifo_pair_detects_a_gap() {
+    sabotaged_group("fifo_pair", 0, "r: got seq 3001, want 3000 (gap)");
+}
+
+#[test]
+fn memfd_share_detects_unshared_memory() {
+    sabotaged_group("memfd_share", 0, "root: the other side's counter advanced only 0");
+}
+
+#[test]
+fn clone_files_detects_an_unshared_fd_table() {
+    sabotaged_group("clone_files", 0, "root: round 100: fd");
+}
+
+#[test]
+fn clone_files_detects_an_unshared_cwd() {
+    sabotaged_group("clone_files", 0, "root: round 100: my cwd is not d0");
+}
+
+#[test]
+fn timers_rlimits_detects_a_stopped_timer() {
+    sabotaged_group("timers_rlimits", 0, "the last SIGALRM tick was");
+}
+
+#[test]
+fn timers_rlimits_requires_ticks() {
+    too_early("timers_rlimits", "SIGALRM ticks after the last stall");
+}
+
+#[test]
+fn clone_files_requires_rounds() {
+    too_early("clone_files", "root: only");
+}
+
+#[test]
+fn memfd_share_requires_progress() {
+    too_early("memfd_share", "root: only");
+}

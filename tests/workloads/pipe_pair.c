@@ -18,7 +18,13 @@
 #include <sys/ioctl.h>
 
 #define BATCH 64
-#define READ_CHUNK 256
+/*
+ * A pipe frees room for W only a page (4 KiB) at a time: with 256-byte
+ * reads W blocked ~80 ms at a time, which counted as stalls and made its
+ * "batches after the last stall" check flaky.  1 KiB: a page every ~20 ms,
+ * still 2.5 times slower than W writes.
+ */
+#define READ_CHUNK 1024
 #define W_MARGIN 20
 #define R_MARGIN 200
 #define AFTER_STALL_MIN 5

@@ -1,0 +1,196 @@
+/*
+ * unix_link: a launcher.  It creates a listening unix socket, forks a
+ * server S (which accepts one connection and keeps the listener open) and
+ * a client C (which connects), and exits, so S and C are re-parented to
+ * the harness as two separate roots joined by the connection.  Each works
+ * in argv[1]/s or argv[1]/c with its own out.log and pid file.
+ *
+ * CRT_UNIX_KIND selects the socket: "path" (stream, pathname-bound in
+ * argv[1]/s/sock; default), "abstract" (stream, abstract name) or
+ * "seqpacket" (pathname-bound SOCK_SEQPACKET).
+ *
+ * Both sides send batches of BATCH sequence numbers (u64) with
+ * non-blocking writes, twice as fast as they read, so the queues in both
+ * directions fill (hundreds of KiB in flight).  Each checks the sequence it
+ * receives continues with no gap or duplicate (seqpacket: every message is
+ * exactly one batch).  On SIGTERM each verifies it made progress after
+ * READY and after the last stall, and that kilobytes were queued.
+ * When the peer goes away (EOF), a side stops, tries one more write
+ * (must fail with EPIPE) and reports "eof=1 epipe=1".
+ * CRT_UNIX_PEER_MAY_GO=1: only the sequence is checked (for tests where the
+ * peer is left outside the dump).
+ * Sabotage: C skips one sequence number (S must notice the gap).
+ */
+#include "wl_common.h"
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <stddef.h>
+
+#define BATCH 64
+#define MSG (BATCH * 8)
+#define R_MARGIN 200
+#define AFTER_STALL_MIN 5
+#define MIN_BUFFERED 4096
+
+static int seqpacket, may_go;
+
+static void setup(const char *sub, const char *root_dir)
+{
+	static char dir[4096];
+	snprintf(dir, sizeof(dir), "%s/%s", root_dir, sub);
+	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+		wl_die("mkdir %s", dir);
+	wl_dir = dir;
+	wl_pid = getpid();
+	int log = open(wl_path("out.log"), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	if (log < 0 || dup2(log, 1) != 1 || dup2(log, 2) != 2)
+		wl_die("log");
+	close(log);
+	char buf[32];
+	int n = snprintf(buf, sizeof(buf), "%d\n", (int)wl_pid);
+	int fd = open(wl_path("pid.tmp"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0 || write(fd, buf, (size_t)n) != n || close(fd) != 0 ||
+	    rename(wl_path("pid.tmp"), wl_path("pid")) != 0)
+		wl_die("pid file");
+}
+
+static void run(const char *who, int fd)
+{
+	signal(SIGPIPE, SIG_IGN);
+	int fl = fcntl(fd, F_GETFL);
+	fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	uint64_t out_seq = 0, expect = 0, got = 0, ready_got = 0;
+	unsigned char obuf[MSG], ibuf[MSG * 2];
+	size_t opos = MSG, ihave = 0; /* opos == MSG: nothing pending */
+	int max_buffered = 0, eof = 0, epipe = 0, iter = 0;
+	struct wl_progress prog;
+	wl_progress_init(&prog);
+	while (!wl_term && !eof) {
+		iter++;
+		if (opos == MSG) {
+			for (int i = 0; i < BATCH; i++) {
+				if (wl_sabotage && who[0] == 'C' && out_seq == 3000)
+					out_seq++;
+				uint64_t v = out_seq++;
+				memcpy(obuf + i * 8, &v, 8);
+			}
+			opos = 0;
+		}
+		ssize_t w = send(fd, obuf + opos, MSG - opos, MSG_DONTWAIT);
+		if (w > 0)
+			opos += (size_t)w;
+		else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+			if (errno == EPIPE)
+				epipe = 1;
+			else
+				wl_fail("%s: send errno %d", who, errno);
+		}
+		int avail = 0;
+		if (ioctl(fd, FIONREAD, &avail) == 0 && avail > max_buffered)
+			max_buffered = avail;
+		if (iter % 2)
+			goto sleep;
+		ssize_t r = recv(fd, ibuf + ihave, seqpacket ? sizeof(ibuf) : MSG / 2, MSG_DONTWAIT);
+		if (r < 0) {
+			if (errno != EAGAIN && errno != EINTR)
+				wl_fail("%s: recv errno %d", who, errno);
+			goto sleep;
+		}
+		if (r == 0) {
+			eof = 1;
+			break;
+		}
+		if (seqpacket && r != MSG && wl_failures < 5)
+			wl_fail("%s: seqpacket message of %zd bytes, want %d", who, r, MSG);
+		ihave += (size_t)r;
+		size_t n = ihave / 8;
+		for (size_t i = 0; i < n; i++) {
+			uint64_t v;
+			memcpy(&v, ibuf + i * 8, 8);
+			if (v != expect && wl_failures < 5)
+				wl_fail("%s: got seq %llu, want %llu (%s)", who, (unsigned long long)v,
+					(unsigned long long)expect, v > expect ? "gap" : "duplicate");
+			expect = v + 1;
+			got++;
+		}
+		memmove(ibuf, ibuf + n * 8, ihave - n * 8);
+		ihave -= n * 8;
+		wl_progress_tick(&prog);
+		if (!wl_is_ready && got > 2000 && max_buffered >= MIN_BUFFERED) {
+			ready_got = got;
+			wl_ready();
+		}
+	sleep:
+		usleep(1000);
+	}
+	if (eof) {
+		fcntl(fd, F_SETFL, fl);
+		ssize_t w = send(fd, "x", 1, MSG_NOSIGNAL);
+		epipe = w < 0 && errno == EPIPE;
+	}
+	while (!wl_term)
+		usleep(5000);
+	wl_printf("INFO %s: got=%llu ready=%llu stalls=%llu since_stall=%llu max_buffered=%d eof=%d epipe=%d\n",
+		  who, (unsigned long long)got, (unsigned long long)ready_got, (unsigned long long)prog.stalls,
+		  (unsigned long long)prog.since_stall, max_buffered, eof, epipe);
+	if (!may_go) {
+		WL_CHECK(got >= ready_got + R_MARGIN, "%s: only %llu numbers since READY", who,
+			 (unsigned long long)(got - ready_got));
+		WL_CHECK(prog.since_stall >= AFTER_STALL_MIN, "%s: only %llu reads after the last stall", who,
+			 (unsigned long long)prog.since_stall);
+	}
+	WL_CHECK(max_buffered >= MIN_BUFFERED, "%s: at most %d bytes were ever queued", who, max_buffered);
+	wl_finish();
+}
+
+int main(int argc, char **argv)
+{
+	wl_init(argc, argv);
+	const char *root_dir = argv[1];
+	const char *kind = getenv("CRT_UNIX_KIND");
+	if (!kind)
+		kind = "path";
+	seqpacket = strcmp(kind, "seqpacket") == 0;
+	const char *mg = getenv("CRT_UNIX_PEER_MAY_GO");
+	may_go = mg && strcmp(mg, "1") == 0;
+	struct sockaddr_un a;
+	memset(&a, 0, sizeof a);
+	a.sun_family = AF_UNIX;
+	socklen_t alen;
+	if (strcmp(kind, "abstract") == 0) {
+		snprintf(a.sun_path + 1, sizeof(a.sun_path) - 1, "crt-unix-link-%d", (int)getpid());
+		alen = offsetof(struct sockaddr_un, sun_path) + 1 + strlen(a.sun_path + 1);
+	} else {
+		snprintf(a.sun_path, sizeof(a.sun_path), "%s/sock", root_dir);
+		unlink(a.sun_path);
+		alen = sizeof a;
+	}
+	int type = seqpacket ? SOCK_SEQPACKET : SOCK_STREAM;
+	int l = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+	if (l < 0 || bind(l, (struct sockaddr *)&a, alen) != 0 || listen(l, 4) != 0)
+		wl_die("listen on %s", kind);
+	pid_t s = fork();
+	if (s < 0)
+		wl_die("fork S");
+	if (s == 0) {
+		setup("s", root_dir);
+		int c = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0)
+			wl_die("accept");
+		run("S", c);
+	}
+	close(l);
+	pid_t c = fork();
+	if (c < 0)
+		wl_die("fork C");
+	if (c == 0) {
+		setup("c", root_dir);
+		int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
+		if (fd < 0 || connect(fd, (struct sockaddr *)&a, alen) != 0)
+			wl_die("connect");
+		run("C", fd);
+	}
+	wl_printf("LAUNCHED s=%d c=%d\n", (int)s, (int)c);
+	return 0;
+}
