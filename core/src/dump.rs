@@ -285,10 +285,16 @@ fn collect_and_write(
 
     // 4. Identify sharing with the outside: a pipe or socket held by a
     // process that is not dumped cannot be restored connected.
+    let fifo_paths: std::collections::HashSet<String> = collected
+        .iter()
+        .flat_map(|(t, _)| {
+            t.fds.iter().filter(|f| f.handler == "pipe" && f.link.starts_with('/')).map(|f| f.link.clone())
+        })
+        .collect();
     let objects: Vec<(i32, i32, String)> = collected
         .iter()
         .flat_map(|(t, _)| t.fds.iter().map(move |f| (t.pid, f.fd, f.link.clone())))
-        .filter(|(_, _, l)| l.starts_with("pipe:[") || l.starts_with("socket:["))
+        .filter(|(_, _, l)| l.starts_with("pipe:[") || l.starts_with("socket:[") || fifo_paths.contains(l))
         .collect();
     let pids: Vec<i32> = forest.procs.iter().map(|p| p.pid).collect();
     if let Some(o) = sharing::find_outside_holders(&objects, &pids) {

@@ -187,8 +187,9 @@ fn remote_iovs(batch: &[(u64, usize)]) -> Vec<libc::iovec> {
     batch.iter().map(|&(addr, len)| libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: len }).collect()
 }
 
-/// Threads that drain filled buffers (tmpfs writes and page faults in the
-/// target scale over both cores of the development machines).
+/// Threads that drain filled buffers. Page faults in the target scale
+/// over both cores of the development machines; tmpfs writes to one file
+/// serialize on its inode lock, but still overlap with the reading.
 const CONSUMERS: usize = 2;
 /// Buffers in flight between the threads of a page copy.
 const BUFFERS: usize = CONSUMERS + 2;

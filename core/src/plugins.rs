@@ -103,12 +103,21 @@ pub fn load(dirs: &[(PathBuf, bool)], registry: &mut Registry) -> Report {
             match load_one(&path, root) {
                 Ok((info, PluginInit::Handlers(handlers))) => {
                     let mut names = Vec::new();
+                    let mut refused = None;
                     for h in handlers {
-                        names.push(h.name().into_string());
+                        let name = h.name().into_string();
                         let origin = Origin::Plugin { name: info.name.clone(), path: path.clone() };
-                        registry.add_plugin_handler(h, origin);
+                        match registry.add_plugin_handler(h, origin) {
+                            Ok(()) => names.push(name),
+                            Err(e) => refused = Some(e),
+                        }
                     }
-                    report.loaded.push(Loaded { handlers: names, ..info });
+                    if let Some(reason) = refused {
+                        report.rejected.push(Rejected { path: path.clone(), reason });
+                    }
+                    if !names.is_empty() {
+                        report.loaded.push(Loaded { handlers: names, ..info });
+                    }
                 }
                 Ok((info, PluginInit::Declined(reason))) => {
                     report.declined.push(Declined { path, name: info.name, reason: reason.into_string() })

@@ -159,7 +159,11 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
     stats.validate = t.elapsed().as_secs_f64();
 
     let pids: Vec<i32> = tasks.iter().map(|t| t.task.pid).collect();
-    registry.hook("restore_init", |h| h.restore_init(pids.as_slice().into()))?;
+    let finish = |ok: bool| registry.all().for_each(|h| h.restore_finish(ok));
+    if let Err(e) = registry.hook("restore_init", |h| h.restore_init(pids.as_slice().into())) {
+        finish(false);
+        return Err(e.into());
+    }
 
     // 2-4. Create, rebuild; kill everything created on failure.
     let mut created = Created::default();
@@ -167,9 +171,7 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
         Ok(b) => b,
         Err(e) => {
             created.kill_all();
-            for h in registry.all() {
-                h.restore_finish(false);
-            }
+            finish(false);
             return Err(e);
         }
     };
@@ -181,10 +183,12 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
         for (b, task) in &builders {
             if let Err(e) = b.resume(task) {
                 created.kill_all();
+                finish(false);
                 return Err(e);
             }
         }
     }
+    finish(true);
     stats.resume = t.elapsed().as_secs_f64();
     stats.tasks = tasks.len();
     info!(tasks = stats.tasks, "forest resumed");
@@ -261,9 +265,6 @@ fn build_all<'t>(
     }
     stats.map += t.elapsed().as_secs_f64();
     crate::fault::check("restore-before-resume")?;
-    for h in registry.all() {
-        h.restore_finish(true);
-    }
     Ok(builders)
 }
 

@@ -202,6 +202,10 @@ pub trait Task {
 
     /// Scratch memory inside the task that the hook may use freely while
     /// it runs (for syscall arguments): `(address, length)`.
+    ///
+    /// (The last method of ABI version 1: methods added later come after
+    /// it, and crt checks a plugin's vtable has them before calling them.)
+    #[sabi(last_prefix_field)]
     fn scratch(&mut self) -> RResult<abi_stable::std_types::Tuple2<u64, u64>, RString>;
 }
 
@@ -325,6 +329,10 @@ pub trait Handler: Send + Sync {
 
     /// The restore is over (`ok` false when it failed): drop per-restore
     /// state, such as objects created for resources shared by several tasks.
+    ///
+    /// (The last method of ABI version 1: hooks added later are appended
+    /// after it with defaults, so plugins built earlier keep loading.)
+    #[sabi(last_prefix_field)]
     fn restore_finish(&self, ok: bool) {
         let _ = ok;
     }

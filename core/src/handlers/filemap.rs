@@ -58,7 +58,7 @@ fn dump(vma: &VmaDesc) -> Result<VmaDump, String> {
     }
     if is_deleted(path) {
         return Err(format!(
-            "mapping {:#x}-{:#x} of {path}: the file was deleted (or is a memfd); crt cannot restore it yet",
+            "mapping {:#x}-{:#x} of {path}: the file was deleted (or is SysV shared memory); crt cannot restore it",
             vma.start, vma.end
         ));
     }

@@ -74,7 +74,9 @@ impl MemFd {
         f.set_len(img.size as u64).map_err(|e| e.to_string())?;
         if img.seals != 0 {
             // SAFETY: fcntl on an fd we own.
-            unsafe { libc::fcntl(fd.as_raw_fd(), F_ADD_SEALS, img.seals as i32) };
+            if unsafe { libc::fcntl(fd.as_raw_fd(), F_ADD_SEALS, img.seals as i32) } != 0 {
+                return Err(format!("sealing memfd {}: {}", img.name, std::io::Error::last_os_error()));
+            }
         }
         let out = fd.try_clone().map_err(|e| e.to_string())?;
         made.insert(img.ino, fd);

@@ -78,11 +78,17 @@ impl Registry {
         Self { origins: vec![Origin::Builtin; handlers.len()], handlers, plugins: 0 }
     }
 
-    /// Adds a plugin's handler, asked before the built-ins.
-    pub fn add_plugin_handler(&mut self, h: HandlerBox, origin: Origin) {
+    /// Adds a plugin's handler, asked before the built-ins; refuses a name
+    /// another handler already has (and says whose it is).
+    pub fn add_plugin_handler(&mut self, h: HandlerBox, origin: Origin) -> Result<(), String> {
+        let name = h.name().into_string();
+        if let Some(o) = self.origin(&name) {
+            return Err(format!("its handler {name} has the name of a handler from {}", o.provider()));
+        }
         self.handlers.insert(self.plugins, h);
         self.origins.insert(self.plugins, origin);
         self.plugins += 1;
+        Ok(())
     }
 
     /// Where the handler called `name` comes from.

@@ -24,10 +24,10 @@ use crate::images::pb;
 #[derive(Default)]
 pub struct Pipe {
     /// Pipes whose bytes are already in the image (dump).
-    dumped: Mutex<HashSet<u64>>,
+    dumped: Mutex<HashSet<(u64, u64)>>,
     /// Pipes recreated so far: read end, write end (restore). For a FIFO
     /// both are one read-write descriptor that keeps it open.
-    made: Mutex<HashMap<u64, (OwnedFd, OwnedFd)>>,
+    made: Mutex<HashMap<(u64, u64), (OwnedFd, OwnedFd)>>,
 }
 
 inventory::submit! { Builtin { priority: 120, make: || boxed(Pipe::default()) } }
@@ -126,7 +126,7 @@ impl Handler for Pipe {
     }
 
     fn dump_fd(&self, _task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
-        let first = self.dumped.lock().map(|mut s| s.insert(fd.ino)).unwrap_or(false);
+        let first = self.dumped.lock().map(|mut s| s.insert((fd.dev, fd.ino))).unwrap_or(false);
         let r = (|| -> Result<Vec<u8>, String> {
             let (pipe_size, data) = if first { peek(fd.pid, fd.fd)? } else { (0, Vec::new()) };
             if fd.link.ends_with(" (deleted)") {
@@ -135,6 +135,7 @@ impl Handler for Pipe {
             let img = pb::PipeEnd {
                 fifo_path: if fd.link.starts_with('/') { fd.link.to_string() } else { String::new() },
                 ino: fd.ino,
+                dev: fd.dev,
                 write_end: fd.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32,
                 flags: fd.flags,
                 pipe_size,
@@ -167,10 +168,13 @@ impl Pipe {
     fn restore(&self, blob: &[u8]) -> Result<i32, String> {
         let img = pb::PipeEnd::decode(blob).map_err(|e| format!("corrupt pipe record: {e}"))?;
         let mut made = self.made.lock().map_err(|_| "pipe state poisoned".to_string())?;
-        let (r, w) = match made.entry(img.ino) {
+        let (r, w) = match made.entry((img.dev, img.ino)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) if !img.fifo_path.is_empty() => {
                 let anchor = open_fifo(&img.fifo_path, libc::O_RDWR)?;
+                if img.pipe_size > 0 {
+                    fcntl(&anchor, libc::F_SETPIPE_SZ, img.pipe_size as i32)?;
+                }
                 let other = anchor.try_clone().map_err(|e| format!("dup: {e}"))?;
                 e.insert((anchor, other))
             }

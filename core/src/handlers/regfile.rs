@@ -36,8 +36,7 @@ impl Handler for RegFile {
     fn dump_fd(&self, _task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
         if is_deleted(&fd.link) {
             return RResult::RErr(
-                format!("{} was deleted (or is a memfd) while open; crt cannot restore deleted files yet", fd.link)
-                    .into(),
+                format!("{} was deleted while open; crt cannot restore deleted files", fd.link).into(),
             );
         }
         let img = pb::RegFile {
