@@ -3,7 +3,8 @@
 //! per phase plus crt's own peak memory (from `crt --stats`).
 //!
 //! Run: `cargo bench -p crt-tests --bench pages` (as root).
-//! Sizes: `CRT_BENCH_MB="256 1024"` (default), runs per size: `CRT_BENCH_RUNS=3`.
+//! Sizes: `CRT_BENCH_MB="256 1024"` (default), runs per size: `CRT_BENCH_RUNS=3`,
+//! `CRT_BENCH_WARMUP=0` to skip the unreported warm-up round.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::path::Path;
@@ -27,6 +28,10 @@ mod serde_like {
             })
             .collect()
     }
+}
+
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn gibs(bytes: f64, secs: f64) -> f64 {
@@ -54,6 +59,9 @@ fn one(mb: usize) {
     let out = r.wait_exit(std::time::Duration::from_secs(120));
     assert!(out.success(), "restored bigmem failed its check: {}", w.log());
 
+    if QUIET.with(|q| q.get()) {
+        return;
+    }
     let d = stats(&dstats);
     let s = stats(&rstats);
     let bytes = d["page_bytes"];
@@ -91,6 +99,17 @@ fn main() {
     let runs: usize = std::env::var("CRT_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let v = crt(&["--version"]);
     println!("# crt page benchmark ({}), images on /dev/shm", v.stdout.trim());
+    // On a VM, memory the guest touches for the first time is faulted in by
+    // the host, several times slower; one unreported round at the largest
+    // size warms it (CRT_BENCH_WARMUP=0 to skip and see cold figures).
+    if std::env::var("CRT_BENCH_WARMUP").map_or(true, |v| v != "0") {
+        if let Some(&largest) = sizes.iter().max() {
+            println!("# warm-up round at {largest} MiB (not reported)");
+            let quiet = QUIET.with(|q| q.replace(true));
+            one(largest);
+            QUIET.with(|q| q.set(quiet));
+        }
+    }
     for mb in sizes {
         for _ in 0..runs {
             one(mb);

@@ -42,6 +42,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "unix_link",
     "unix_backlog",
     "unix_dgram",
+    "unix_fan",
     "fifo_pair",
     "memfd_share",
     "clone_files",

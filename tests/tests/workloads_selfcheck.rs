@@ -454,3 +454,57 @@ fn clone_files_requires_rounds() {
 fn memfd_share_requires_progress() {
     too_early("memfd_share", "root: only");
 }
+
+// ---- unix sockets ---------------------------------------------------------------
+
+#[test]
+fn unix_spair_passes() {
+    selfcheck("unix_spair");
+}
+
+#[test]
+fn unix_spair_detects_a_consumed_byte() {
+    sabotaged("unix_spair", "root: a[1] queue: queue holds 4999 bytes, want 5000");
+}
+
+#[test]
+fn unix_link_passes() {
+    let ws = selfcheck_group("unix_link");
+    let names: Vec<&str> = ws.iter().map(Workload::name).collect();
+    assert_eq!(names, ["unix_link:s", "unix_link:c"]);
+}
+
+#[test]
+fn unix_link_detects_a_gap() {
+    sabotaged_group("unix_link", 0, "S: got seq 3001, want 3000 (gap)");
+}
+
+#[test]
+fn unix_backlog_passes() {
+    selfcheck("unix_backlog");
+}
+
+#[test]
+fn unix_backlog_detects_an_early_accept() {
+    sabotaged("unix_backlog", "accepted 1 pending connections, want 2");
+}
+
+#[test]
+fn unix_dgram_passes() {
+    selfcheck("unix_dgram");
+}
+
+#[test]
+fn unix_dgram_detects_a_lost_datagram() {
+    sabotaged("unix_dgram", "R: datagram 10 has 200 bytes");
+}
+
+#[test]
+fn unix_fan_passes() {
+    selfcheck("unix_fan");
+}
+
+#[test]
+fn unix_fan_detects_a_consumed_byte() {
+    sabotaged("unix_fan", "server: bytes from client 0 differ");
+}

@@ -81,17 +81,22 @@ static void run(const char *who, int fd)
 		if (w > 0)
 			opos += (size_t)w;
 		else if (w < 0 && errno != EAGAIN && errno != EINTR) {
-			if (errno == EPIPE)
-				epipe = 1;
+			if (errno == EPIPE || errno == ECONNRESET)
+				epipe = 1; /* the peer is gone (with unread bytes: ECONNRESET) */
 			else
 				wl_fail("%s: send errno %d", who, errno);
 		}
 		int avail = 0;
 		if (ioctl(fd, FIONREAD, &avail) == 0 && avail > max_buffered)
 			max_buffered = avail;
-		if (iter % 2)
+		if (iter % 2 && !epipe)
 			goto sleep;
-		ssize_t r = recv(fd, ibuf + ihave, seqpacket ? sizeof(ibuf) : MSG / 2, MSG_DONTWAIT);
+		/* once the peer is gone, drain what it left quickly */
+		ssize_t r = recv(fd, ibuf + ihave, seqpacket || epipe ? sizeof(ibuf) - ihave : MSG / 2, MSG_DONTWAIT);
+		if (r < 0 && errno == ECONNRESET) {
+			eof = 1;
+			break;
+		}
 		if (r < 0) {
 			if (errno != EAGAIN && errno != EINTR)
 				wl_fail("%s: recv errno %d", who, errno);

@@ -15,6 +15,7 @@ mod memfd;
 mod memory;
 mod pipe;
 mod regfile;
+mod unix;
 
 /// A built-in handler, registered with `inventory::submit!`.
 #[derive(Debug)]
