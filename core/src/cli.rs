@@ -49,6 +49,9 @@ pub enum Command {
     /// its state written to DIR, then the processes are killed (or left
     /// running with --leave-running). On failure the processes keep running
     /// untouched and no partial image is left behind.
+    #[command(
+        after_help = "Examples:\n  crt dump --tree 1234 -D /var/lib/crt/app\n  crt dump --tree 101,202 -D img --leave-running\n  crt --plugin-dir /usr/lib/crt dump --tree 101 -D img -o aio:timeout-ms=5000\n  crt dump --tree 120 -D img -o unix:external=close   # a client whose server is not dumped"
+    )]
     Dump {
         /// Root pid(s) of the trees to dump: --tree 101,202 or --tree 101 --tree 202.
         #[arg(short, long = "tree", value_name = "PID[,PID...]", value_delimiter = ',', required = true)]
@@ -65,6 +68,9 @@ pub enum Command {
     /// The processes come back with their pids, so those pids must be free.
     /// crt stays their parent and exits with the status of the restored
     /// root (128+N if killed by signal N), unless --detach is given.
+    #[command(
+        after_help = "Examples:\n  crt restore -D /var/lib/crt/app          # waits, exits with the root's status\n  crt restore -D img --detach\n  crt -v --stats restore.json restore -D img"
+    )]
     Restore {
         /// Image directory written by `crt dump`.
         #[arg(short = 'D', long = "images-dir", value_name = "DIR")]

@@ -354,6 +354,9 @@ fn vdso_fingerprint(pid: i32, task: &pb::Task) -> Result<String, DumpError> {
     Ok(fingerprint(&text))
 }
 
+/// Page files written in parallel for a big task.
+const PAGE_SHARDS: usize = 2;
+
 /// A short, stable fingerprint of vdso text.
 pub fn fingerprint(text: &[u8]) -> String {
     format!("crc32:{:08x}:{}", crc32fast::hash(text), text.len())
@@ -362,8 +365,8 @@ pub fn fingerprint(text: &[u8]) -> String {
 fn dump_task_pages(pid: i32, plans: &[PagePlan], out: &mut Output) -> Result<pb::PageMap, DumpError> {
     if plans.is_empty() {
         // A zombie: no memory.
-        out.create_pages(pid, 0)?;
-        return Ok(pb::PageMap { page_size: images::PAGE_SIZE, ..Default::default() });
+        out.create_pages(pid, 0, 0)?;
+        return Ok(pb::PageMap { page_size: images::PAGE_SIZE, shards: 1, ..Default::default() });
     }
     let pagemap_path = format!("/proc/{pid}/pagemap");
     let pagemap = File::open(&pagemap_path).map_err(|source| DumpError::Io {
@@ -376,13 +379,21 @@ fn dump_task_pages(pid: i32, plans: &[PagePlan], out: &mut Output) -> Result<pb:
         runs.extend(mem::scan(pid, &pagemap, plan.start, plan.end, plan.policy)?);
     }
     let total: u64 = runs.iter().map(|r| r.pages).sum();
-    let file = out.create_pages(pid, total)?;
-    let written = mem::dump_pages(pid, &runs, &file, images::PAGE_SIZE)?;
-    debug!(pages = total, bytes = written, "pages stored");
+    // Big tasks write two shards in parallel (tmpfs serializes writes to
+    // one file on its inode lock).
+    let shards = if total * images::PAGE_SIZE >= 2 * mem::CHUNK as u64 { PAGE_SHARDS } else { 1 };
+    let files = mem::shard_sizes(&runs, shards)
+        .iter()
+        .enumerate()
+        .map(|(k, &bytes)| out.create_pages(pid, k, bytes))
+        .collect::<Result<Vec<File>, DumpError>>()?;
+    let written = mem::dump_pages(pid, &runs, &files, images::PAGE_SIZE)?;
+    debug!(pages = total, bytes = written, shards, "pages stored");
     Ok(pb::PageMap {
         page_size: images::PAGE_SIZE,
         total_pages: total,
         runs: runs.iter().map(|r| pb::PageRun { vaddr: r.vaddr, nr_pages: r.pages }).collect(),
+        shards: shards as u32,
     })
 }
 
@@ -420,9 +431,9 @@ impl Output {
         self.dir.write_msg(path, kind, msg).map_err(Into::into)
     }
 
-    fn create_pages(&mut self, pid: i32, pages: u64) -> Result<File, DumpError> {
-        self.written.push(self.dir.pages_path(pid));
-        self.dir.create_pages(pid, pages).map_err(Into::into)
+    fn create_pages(&mut self, pid: i32, shard: usize, bytes: u64) -> Result<File, DumpError> {
+        self.written.push(self.dir.pages_path(pid, shard));
+        self.dir.create_pages(pid, shard, bytes).map_err(Into::into)
     }
 
     fn remove_partial(&self) {

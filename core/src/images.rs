@@ -218,9 +218,12 @@ impl ImageDir {
         self.dir.join(format!("pagemap-{pid}.img"))
     }
 
-    /// Path of `pages-<pid>.img`.
-    pub fn pages_path(&self, pid: i32) -> PathBuf {
-        self.dir.join(format!("pages-{pid}.img"))
+    /// Path of page shard `shard` of `pid`: `pages-<pid>.img`, then `pages-<pid>.<shard>.img`.
+    pub fn pages_path(&self, pid: i32, shard: usize) -> PathBuf {
+        match shard {
+            0 => self.dir.join(format!("pages-{pid}.img")),
+            k => self.dir.join(format!("pages-{pid}.{k}.img")),
+        }
     }
 
     /// Writes one message atomically (temp file + rename).
@@ -257,15 +260,24 @@ impl ImageDir {
         M::decode(payload).map_err(|source| ImageError::Decode { path: path.to_path_buf(), source })
     }
 
+    /// Opens every page shard of `pid`, validating headers and lengths
+    /// against the page map.
+    pub fn open_page_shards(&self, pid: i32, pm: &pb::PageMap) -> Result<Vec<File>, ImageError> {
+        let runs: Vec<crate::mem::Run> =
+            pm.runs.iter().map(|r| crate::mem::Run { vaddr: r.vaddr, pages: r.nr_pages }).collect();
+        let sizes = crate::mem::shard_sizes(&runs, pm.shards.max(1) as usize);
+        sizes.iter().enumerate().map(|(k, &bytes)| self.open_pages(pid, k, bytes)).collect()
+    }
+
     /// Opens a page file for reading, validating its header and length
-    /// against the number of pages the page map announces.
-    pub fn open_pages(&self, pid: i32, pages: u64) -> Result<File, ImageError> {
-        let path = self.pages_path(pid);
+    /// against the bytes the page map puts in it.
+    pub fn open_pages(&self, pid: i32, shard: usize, bytes: u64) -> Result<File, ImageError> {
+        let path = self.pages_path(pid, shard);
         let mut f = File::open(&path).map_err(|e| ImageError::io(&path, e))?;
         let mut head = [0u8; HEADER_LEN];
         f.read_exact(&mut head).map_err(|_| ImageError::BadMagic { path: path.clone() })?;
         let header = Header::decode(&path, &head, Kind::Pages)?;
-        let want = pages * PAGE_SIZE;
+        let want = bytes;
         let len = f.metadata().map_err(|e| ImageError::io(&path, e))?.len();
         let found = len.saturating_sub(PAGE_SIZE);
         if header.payload_len != want || found != want {
@@ -274,11 +286,12 @@ impl ImageDir {
         Ok(f)
     }
 
-    /// Creates a page file and writes its (page-padded) header for `pages` pages.
-    pub fn create_pages(&self, pid: i32, pages: u64) -> Result<File, ImageError> {
-        let path = self.pages_path(pid);
+    /// Creates page shard `shard` of `pid` and writes its (page-padded)
+    /// header for `bytes` bytes of pages.
+    pub fn create_pages(&self, pid: i32, shard: usize, bytes: u64) -> Result<File, ImageError> {
+        let path = self.pages_path(pid, shard);
         let mut f = File::create(&path).map_err(|e| ImageError::io(&path, e))?;
-        let header = Header { kind: Kind::Pages, payload_len: pages * PAGE_SIZE, crc: 0 };
+        let header = Header { kind: Kind::Pages, payload_len: bytes, crc: 0 };
         let mut first = vec![0u8; PAGE_SIZE as usize];
         first[..HEADER_LEN].copy_from_slice(&header.encode());
         f.write_all(&first).map_err(|e| ImageError::io(&path, e))?;

@@ -194,20 +194,20 @@ const CONSUMERS: usize = 2;
 /// Buffers in flight between the threads of a page copy.
 const BUFFERS: usize = CONSUMERS + 2;
 
-/// One filled buffer: its batch, and its byte offset in the page stream.
-type Filled = (Vec<u8>, Vec<(u64, usize)>, u64);
+/// One filled buffer: its batch, and the batch's index in the stream.
+type Filled = (Vec<u8>, Vec<(u64, usize)>, usize);
 
 /// Runs `produce` on this thread and `consume` on [`CONSUMERS`] helper
 /// threads, passing filled buffers of up to [`CHUNK`] bytes between them
 /// and recycling them, so reading one side overlaps with writing the other.
-/// `consume` gets the buffer, its batch and its offset in the page stream.
+/// Both get the buffer, its batch and the batch's index in the stream.
 fn pipeline<E: Send, C>(
-    mut produce: impl FnMut(&mut [u8], &[(u64, usize)], u64) -> Result<(), E>,
+    mut produce: impl FnMut(&mut [u8], &[(u64, usize)], usize) -> Result<(), E>,
     make_consumer: impl Fn() -> C,
     runs: &[Run],
 ) -> Result<u64, E>
 where
-    C: FnMut(&[u8], &[(u64, usize)], u64) -> Result<(), E> + Send,
+    C: FnMut(&[u8], &[(u64, usize)], usize) -> Result<(), E> + Send,
 {
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Filled>(BUFFERS);
     let full_rx = std::sync::Mutex::new(full_rx);
@@ -241,14 +241,14 @@ where
         drop(free_tx);
         let mut moved = 0u64;
         let mut result = Ok(());
-        for batch in batches(runs) {
+        for (idx, batch) in batches(runs).enumerate() {
             let Ok(mut buf) = free_rx.recv() else { break };
             let total: usize = batch.iter().map(|b| b.1).sum();
-            if let Err(e) = produce(&mut buf[..total], &batch, moved) {
+            if let Err(e) = produce(&mut buf[..total], &batch, idx) {
                 result = Err(e);
                 break;
             }
-            if full_tx.send((buf, batch, moved)).is_err() {
+            if full_tx.send((buf, batch, idx)).is_err() {
                 break;
             }
             moved += total as u64;
@@ -330,32 +330,71 @@ fn write_batch(
     Ok(())
 }
 
-/// Copies the pages of `runs` out of task `pid` into `out`, starting at
-/// byte `file_off`. Reading the task and writing the file overlap on
-/// several threads. Returns the number of bytes written.
-pub fn dump_pages(pid: i32, runs: &[Run], out: &File, file_off: u64) -> Result<u64, MemError> {
+/// Where each batch of the page stream is stored: `(shard, offset in the
+/// shard's payload)`, batch i in shard i % `shards`.
+pub fn layout(runs: &[Run], shards: usize) -> Vec<(usize, u64)> {
+    let shards = shards.max(1);
+    let mut next = vec![0u64; shards];
+    batches(runs)
+        .enumerate()
+        .map(|(i, batch)| {
+            let shard = i % shards;
+            let at = next[shard];
+            next[shard] += batch.iter().map(|b| b.1 as u64).sum::<u64>();
+            (shard, at)
+        })
+        .collect()
+}
+
+/// Payload bytes of each shard.
+pub fn shard_sizes(runs: &[Run], shards: usize) -> Vec<u64> {
+    let shards = shards.max(1);
+    let mut sizes = vec![0u64; shards];
+    for (i, batch) in batches(runs).enumerate() {
+        sizes[i % shards] += batch.iter().map(|b| b.1 as u64).sum::<u64>();
+    }
+    sizes
+}
+
+/// Copies the pages of `runs` out of task `pid` into the shard files `outs`
+/// (payload after `header` bytes). Reading the task and writing the shards
+/// overlap on several threads; shards are separate files, so their writes
+/// do not serialize on one inode lock. Returns the bytes written.
+pub fn dump_pages(pid: i32, runs: &[Run], outs: &[File], header: u64) -> Result<u64, MemError> {
+    let place = layout(runs, outs.len());
+    let place = &place;
     let mut mem = None;
     pipeline(
         |buf, batch, _| read_batch(pid, &mut mem, buf, batch),
-        || |buf: &[u8], _: &[(u64, usize)], off: u64| out.write_all_at(buf, file_off + off).map_err(MemError::File),
+        || {
+            |buf: &[u8], _: &[(u64, usize)], idx: usize| {
+                let (shard, off) = place[idx];
+                outs[shard].write_all_at(buf, header + off).map_err(MemError::File)
+            }
+        },
         runs,
     )
 }
 
-/// Writes the pages of `runs` from `pages` (starting at byte `file_off`)
-/// into task `pid`. `writable(addr)` says whether the task's own mapping at
-/// `addr` is writable; other pages go through `/proc/PID/mem`. Reading the
-/// file and writing the task overlap on several threads.
+/// Writes the pages of `runs` from the shard files `pages` (payload after
+/// `header` bytes) into task `pid`. `writable(addr)` says whether the
+/// task's own mapping at `addr` is writable; other pages go through
+/// `/proc/PID/mem`. Reading the files and writing the task overlap on
+/// several threads.
 pub fn fill_pages(
     pid: i32,
     runs: &[Run],
-    pages: &File,
-    file_off: u64,
+    pages: &[File],
+    header: u64,
     writable: impl Fn(u64) -> bool + Sync,
 ) -> Result<u64, MemError> {
     let writable = &writable;
+    let place = layout(runs, pages.len());
     pipeline(
-        |buf, _, off| pages.read_exact_at(buf, file_off + off).map_err(MemError::File),
+        |buf, _, idx| {
+            let (shard, off) = place[idx];
+            pages[shard].read_exact_at(buf, header + off).map_err(MemError::File)
+        },
         || {
             let mut mem = None;
             move |buf: &[u8], batch: &[(u64, usize)], _| {
@@ -380,6 +419,15 @@ mod tests {
         assert!(all.iter().all(|b| b.iter().map(|p| p.1).sum::<usize>() <= CHUNK));
         assert_eq!(all[0][0], (0x1000, 4096));
         assert_eq!(all[0][1].0, 0x10_0000);
+    }
+
+    #[test]
+    fn layout_alternates_shards() {
+        let runs = [Run { vaddr: 0, pages: 3 * CHUNK as u64 / PAGE_SIZE + 1 }];
+        let place = layout(&runs, 2);
+        assert_eq!(place, vec![(0, 0), (1, 0), (0, CHUNK as u64), (1, CHUNK as u64)]);
+        assert_eq!(shard_sizes(&runs, 2), vec![2 * CHUNK as u64, CHUNK as u64 + PAGE_SIZE]);
+        assert_eq!(shard_sizes(&runs, 1), vec![3 * CHUNK as u64 + PAGE_SIZE]);
     }
 
     #[test]

@@ -321,7 +321,7 @@ fn validate(dir: &ImageDir, registry: &Registry) -> Result<(pb::Inventory, Vec<L
     for &pid in &inv.tasks {
         let task = dir.read_task(pid)?;
         let pagemap = dir.read_pagemap(pid)?;
-        let pages = dir.open_pages(pid, pagemap.total_pages)?;
+        let pages = dir.open_page_shards(pid, &pagemap)?;
         puppeteer::check_task(dir, &task, &own)?;
         tasks.push(Loaded { task, pagemap, pages });
     }

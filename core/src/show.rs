@@ -83,7 +83,7 @@ fn show_one(dir: &ImageDir, name: &str) -> Result<Value, ImageError> {
     }
     if let Some(p) = pid("pages-") {
         let pm = dir.read_pagemap(p)?;
-        dir.open_pages(p, pm.total_pages)?;
+        dir.open_page_shards(p, &pm)?;
         return Ok(json!({ "pages": pm.total_pages, "bytes": pm.total_pages * crate::images::PAGE_SIZE }));
     }
     Err(ImageError::Invalid {

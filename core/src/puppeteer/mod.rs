@@ -42,8 +42,8 @@ pub struct Loaded {
     pub task: pb::Task,
     /// `pagemap-<pid>.img`.
     pub pagemap: pb::PageMap,
-    /// `pages-<pid>.img`, header checked.
-    pub pages: File,
+    /// `pages-<pid>.img` and its other shards, headers checked.
+    pub pages: Vec<File>,
 }
 
 /// Scratch memory crt maps inside a task while building it.
