@@ -44,12 +44,14 @@ pub struct Session {
 
 impl Session {
     /// Opens puppets on every thread of `p`, which `frozen` holds stopped.
-    pub fn open(p: &Proc, frozen: &Frozen) -> Result<Self, DumpError> {
+    pub fn open(p: &Proc, frozen: &Frozen, blobs: &crate::puppet::Blobs) -> Result<Self, DumpError> {
         let gadget = puppet::find_gadget(p.pid)?;
         let mut puppets = Vec::new();
         let mut stashed = Vec::new();
         for &tid in &p.threads {
-            puppets.push(Puppet::new(tid, ptrace::get_regs(tid)?, gadget));
+            let mut puppet = Puppet::new(tid, ptrace::get_regs(tid)?, gadget);
+            puppet.set_blobs(blobs.clone());
+            puppets.push(puppet);
             if let Some(t) = frozen.thread(tid) {
                 stashed.push((tid, t.stashed.clone()));
             }

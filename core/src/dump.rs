@@ -255,6 +255,7 @@ fn collect_and_write(
     let mut vdso_id = String::new();
     let mut plugins: Vec<pb::PluginRef> = Vec::new();
     let mut file_ids = FileIds::default();
+    let blobs = crate::puppet::Blobs::default();
 
     // 3. Collect every task (all refusals happen here, before any page is copied).
     let t = Instant::now();
@@ -265,7 +266,7 @@ fn collect_and_write(
             collected.push((collect::zombie_task(proc_), Vec::new()));
             continue;
         }
-        sessions.push(Session::open(proc_, frozen)?);
+        sessions.push(Session::open(proc_, frozen, &blobs)?);
         let Some(session) = sessions.last_mut() else { unreachable!("pushed above") };
         let _s = info_span!("collect").entered();
         let (task, plans) =
@@ -320,6 +321,13 @@ fn collect_and_write(
         stats.write += t.elapsed().as_secs_f64();
     }
 
+    let stored: Vec<pb::Blob> = blobs
+        .lock()
+        .map(|b| b.iter().map(|(key, data)| pb::Blob { key: key.clone(), data: data.clone() }).collect())
+        .unwrap_or_default();
+    if !stored.is_empty() {
+        out.write(&out.dir.blobs_path(), Kind::Blobs, &pb::Blobs { blobs: stored })?;
+    }
     crate::fault::check("dump-after-pages")?;
     // The inventory goes last: its presence marks a complete image.
     let t = Instant::now();

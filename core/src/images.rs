@@ -47,6 +47,8 @@ pub enum Kind {
     PageMap = 3,
     /// `pages-<pid>.img` (raw pages)
     Pages = 4,
+    /// `blobs.img` (plugin data by key)
+    Blobs = 5,
 }
 
 impl Kind {
@@ -56,6 +58,7 @@ impl Kind {
             2 => Self::Task,
             3 => Self::PageMap,
             4 => Self::Pages,
+            5 => Self::Blobs,
             _ => return None,
         })
     }
@@ -206,6 +209,20 @@ impl ImageDir {
     /// Path of `inventory.img`.
     pub fn inventory_path(&self) -> PathBuf {
         self.dir.join("inventory.img")
+    }
+
+    /// Path of `blobs.img`.
+    pub fn blobs_path(&self) -> PathBuf {
+        self.dir.join("blobs.img")
+    }
+
+    /// Plugin blobs, if the image has any.
+    pub fn read_blobs(&self) -> Result<pb::Blobs, ImageError> {
+        let path = self.blobs_path();
+        if !path.exists() {
+            return Ok(pb::Blobs::default());
+        }
+        self.read_msg(&path, Kind::Blobs)
     }
 
     /// Path of `task-<pid>.img`.

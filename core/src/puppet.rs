@@ -142,13 +142,40 @@ pub struct Puppet {
     injected: u64,
     /// Scratch memory lent to plugins: address, length.
     plugin_scratch: Option<(u64, u64)>,
+    /// Plugin blobs of this dump or restore.
+    blobs: Option<Blobs>,
 }
+
+/// Plugin blobs (`Task::store_blob` / `load_blob`), shared by every task of
+/// one dump or restore.
+pub type Blobs = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<u8>>>>;
 
 impl Puppet {
     /// Drives stopped thread `tid`, using `base` as the register template
     /// (the thread's own registers) and `gadget` as the syscall instruction.
     pub fn new(tid: i32, base: user_regs_struct, gadget: u64) -> Self {
-        Self { tid, gadget, base, mem: None, stashed: Vec::new(), injected: 0, plugin_scratch: None }
+        Self { tid, gadget, base, mem: None, stashed: Vec::new(), injected: 0, plugin_scratch: None, blobs: None }
+    }
+
+    /// Attaches the blob store of this dump or restore.
+    pub fn set_blobs(&mut self, blobs: Blobs) {
+        self.blobs = Some(blobs);
+    }
+
+    /// Installs a copy of crt's `fd` into the task as `target`.
+    pub fn install_fd_at(&mut self, fd: i32, target: i32) -> Result<()> {
+        let me = u64::from(std::process::id());
+        let pidfd = self.call("pidfd_open(crt)", libc::SYS_pidfd_open, [me, 0, 0, 0, 0, 0])?;
+        let got = self.call("pidfd_getfd", libc::SYS_pidfd_getfd, [pidfd, fd as u64, 0, 0, 0, 0]);
+        self.call("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])?;
+        let got = got?;
+        if got == target as u64 {
+            self.call("fcntl(F_SETFD)", libc::SYS_fcntl, [got, libc::F_SETFD as u64, 0, 0, 0, 0])?;
+        } else {
+            self.call("dup3", libc::SYS_dup3, [got, target as u64, 0, 0, 0, 0])?;
+            self.call("close", libc::SYS_close, [got, 0, 0, 0, 0, 0])?;
+        }
+        Ok(())
     }
 
     /// Lends `[addr, addr+len)` of task memory to plugin hooks.
@@ -326,6 +353,41 @@ impl crt_plugin_api::Task for Puppet {
         mut buf: abi_stable::std_types::RSliceMut<'_, u8>,
     ) -> abi_stable::std_types::RResult<(), abi_stable::std_types::RString> {
         self.read(addr, buf.as_mut_slice()).map_err(|e| e.to_string().into()).into()
+    }
+
+    fn install_fd(
+        &mut self,
+        fd: i32,
+        target: i32,
+    ) -> abi_stable::std_types::RResult<(), abi_stable::std_types::RString> {
+        self.install_fd_at(fd, target).map_err(|e| e.to_string().into()).into()
+    }
+
+    fn store_blob(
+        &mut self,
+        key: abi_stable::std_types::RStr<'_>,
+        data: abi_stable::std_types::RSlice<'_, u8>,
+    ) -> abi_stable::std_types::RResult<(), abi_stable::std_types::RString> {
+        match self.blobs.as_ref().map(|b| b.lock()) {
+            Some(Ok(mut b)) => {
+                b.insert(key.to_string(), data.to_vec());
+                abi_stable::std_types::RResult::ROk(())
+            }
+            _ => abi_stable::std_types::RResult::RErr("no blob store at this point".into()),
+        }
+    }
+
+    fn load_blob(
+        &self,
+        key: abi_stable::std_types::RStr<'_>,
+    ) -> abi_stable::std_types::RResult<abi_stable::std_types::RVec<u8>, abi_stable::std_types::RString> {
+        match self.blobs.as_ref().map(|b| b.lock()) {
+            Some(Ok(b)) => match b.get(key.as_str()) {
+                Some(d) => abi_stable::std_types::RResult::ROk(d.clone().into()),
+                None => abi_stable::std_types::RResult::RErr(format!("no blob {key} in the image").into()),
+            },
+            _ => abi_stable::std_types::RResult::RErr("no blob store at this point".into()),
+        }
     }
 
     fn scratch(

@@ -167,7 +167,11 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
 
     // 2-4. Create, rebuild; kill everything created on failure.
     let mut created = Created::default();
-    let builders = match build_all(registry, &tasks, &inventory.roots, &mut created, &mut stats) {
+    let blobs = crate::puppet::Blobs::default();
+    if let Ok(mut b) = blobs.lock() {
+        b.extend(dir.read_blobs()?.blobs.into_iter().map(|x| (x.key, x.data)));
+    }
+    let builders = match build_all(registry, blobs, &tasks, &inventory.roots, &mut created, &mut stats) {
         Ok(b) => b,
         Err(e) => {
             created.kill_all();
@@ -206,12 +210,13 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
 /// Creates and rebuilds every task; returns the builders, ready to resume.
 fn build_all<'t>(
     registry: &Registry,
+    blobs: crate::puppet::Blobs,
     tasks: &'t [Loaded],
     roots: &[i32],
     created: &mut Created,
     stats: &mut RestoreStats,
 ) -> Result<Vec<(Builder, &'t pb::Task)>, RestoreError> {
-    let mut ctx = RestoreCtx::new(registry);
+    let mut ctx = RestoreCtx::new(registry, blobs);
     let mut builders: Vec<(Builder, &pb::Task)> = Vec::new();
     let mut drain: Vec<i32> = Vec::new();
     for loaded in tasks {
@@ -245,6 +250,7 @@ fn build_all<'t>(
         }
         stats.create += t.elapsed().as_secs_f64();
         let mut b = Builder::start(pid, task, parent_pidfd)?;
+        b.set_blobs(ctx.blobs.clone());
         b.after_fork(registry)?;
         b.phase_a(&mut ctx, loaded, stats)?;
         builders.push((b, task));
@@ -325,6 +331,7 @@ fn validate(dir: &ImageDir, registry: &Registry) -> Result<(pb::Inventory, Vec<L
         puppeteer::check_task(dir, &task, &own)?;
         tasks.push(Loaded { task, pagemap, pages });
     }
+    dir.read_blobs()?;
     Ok((inv, tasks))
 }
 

@@ -200,6 +200,18 @@ pub trait Task {
     /// (`pidfd_getfd`); the caller owns and must close it.
     fn take_fd(&mut self, fd: i32) -> RResult<i32, RString>;
 
+    /// Installs a copy of crt's descriptor `fd` (one the plugin opened, in
+    /// crt's fd table) into the task as descriptor number `target`,
+    /// replacing whatever `target` was. crt keeps `fd`; close it yourself.
+    fn install_fd(&mut self, fd: i32, target: i32) -> RResult<(), RString>;
+
+    /// Dump side: stores `data` in the image under `key` (prefix keys with
+    /// your plugin's name; a later store replaces an earlier one).
+    fn store_blob(&mut self, key: RStr<'_>, data: RSlice<'_, u8>) -> RResult<(), RString>;
+
+    /// Restore side: the data stored under `key` at dump time.
+    fn load_blob(&self, key: RStr<'_>) -> RResult<RVec<u8>, RString>;
+
     /// Scratch memory inside the task that the hook may use freely while
     /// it runs (for syscall arguments): `(address, length)`.
     ///

@@ -22,12 +22,18 @@ fn recorder_sees_every_hook_in_order_and_restore_passes() {
     let work = TestDir::new("crt-plugin-log-");
     let log = work.path().join("hooks.log");
     let opt = format!("recorder:log={}", log.display());
+    let marker = work.path().join("installed-by-plugin");
+    std::fs::write(&marker, b"x").unwrap();
+    let install = format!("recorder:install={}", marker.display());
     let w = start("plugin_file");
     let img = work.path().join("img");
     let [a, b] = plugins.args();
     dump(&[&w], &img, &[&a, &b, "-o", &opt]).assert_success();
-    let mut r = Restored::start(&img, &[&a, &b, "-o", &opt]);
+    assert!(img.join("blobs.img").exists(), "the plugin's blob store is in the image");
+    let mut r = Restored::start(&img, &[&a, &b, "-o", &opt, "-o", &install]);
     r.wait_running(&[&w]);
+    let link = std::fs::read_link(format!("/proc/{}/fd/99", w.pid())).unwrap();
+    assert_eq!(link, marker, "Task::install_fd put the plugin's fd at 99");
     std::thread::sleep(RUN_AFTER_RESTORE);
     r.finish(&[&w]);
     let hooks: Vec<String> =

@@ -177,12 +177,14 @@ pub struct RestoreCtx<'a> {
     shmem: HashMap<u64, (i32, u64, u64)>,
     /// crt's own signal actions, which every new task starts with.
     baseline: Vec<pb::SigAction>,
+    /// Plugin blobs from the image.
+    pub blobs: crate::puppet::Blobs,
 }
 
 impl<'a> RestoreCtx<'a> {
     /// A context for one restore.
-    pub fn new(registry: &'a Registry) -> Self {
-        Self { registry, files: HashMap::new(), shmem: HashMap::new(), baseline: attrs::own_sigactions() }
+    pub fn new(registry: &'a Registry, blobs: crate::puppet::Blobs) -> Self {
+        Self { registry, files: HashMap::new(), shmem: HashMap::new(), baseline: attrs::own_sigactions(), blobs }
     }
 }
 
@@ -223,6 +225,8 @@ pub struct Builder {
     shares_files: bool,
     /// One cwd/umask with its parent (CLONE_FS): the parent sets them.
     shares_fs: bool,
+    /// Plugin blobs, lent to thread puppets too.
+    blobs: Option<crate::puppet::Blobs>,
 }
 
 fn step<E: std::error::Error + Send + Sync + 'static>(pid: i32, what: &str) -> impl FnOnce(E) -> RestoreError + '_ {
@@ -258,7 +262,14 @@ impl Builder {
             scratch: 0,
             shares_files,
             shares_fs: task.fs_shared_with_parent,
+            blobs: None,
         })
+    }
+
+    /// Gives the plugin blobs of the image to this process's puppets.
+    pub fn set_blobs(&mut self, blobs: crate::puppet::Blobs) {
+        self.p.set_blobs(blobs.clone());
+        self.blobs = Some(blobs);
     }
 
     /// Restore hook `after_fork`: the process exists, nothing is restored yet.
@@ -472,7 +483,11 @@ impl Builder {
             };
             self.clone3("clone3(thread)", t.tid, args)?;
             let regs = ptrace::get_regs(t.tid)?;
-            self.threads.push(Puppet::new(t.tid, regs, self.p.gadget()));
+            let mut puppet = Puppet::new(t.tid, regs, self.p.gadget());
+            if let Some(b) = &self.blobs {
+                puppet.set_blobs(b.clone());
+            }
+            self.threads.push(puppet);
         }
         Ok(())
     }

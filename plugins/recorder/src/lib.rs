@@ -18,6 +18,7 @@ struct Recorder {
     seen: Mutex<Vec<String>>,
     log: Mutex<Option<String>>,
     fail: Mutex<Option<String>>,
+    install: Mutex<Option<String>>,
 }
 
 impl Recorder {
@@ -63,7 +64,8 @@ impl Handler for Recorder {
         let slot = match key.as_str() {
             "log" => &self.log,
             "fail" => &self.fail,
-            k => return RResult::RErr(format!("unknown option {k} (have: log, fail)").into()),
+            "install" => &self.install,
+            k => return RResult::RErr(format!("unknown option {k} (have: log, fail, install)").into()),
         };
         if let Ok(mut s) = slot.lock() {
             *s = Some(value.to_string());
@@ -90,11 +92,15 @@ impl Handler for Recorder {
         self.record("dump_checkpoint", pids(p))
     }
 
-    fn dump_fd(&self, _task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
+    fn dump_fd(&self, mut task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
         if let RResult::RErr(e) = self.record("dump_fd", format!("{} {}", fd.pid, fd.fd)) {
             return RResult::RErr(e);
         }
         let seen = self.seen.lock().map(|s| s.join("\n")).unwrap_or_default();
+        // The same sequence also goes to the image's blob store.
+        if let RResult::RErr(e) = task.store_blob("recorder/hooks".into(), seen.as_bytes().into()) {
+            return RResult::RErr(e);
+        }
         let blob = format!("{}\n{}\n{}\n{seen}", fd.link, fd.flags, fd.pos);
         RResult::ROk(blob.into_bytes().into())
     }
@@ -116,8 +122,16 @@ impl Handler for Recorder {
             return RResult::RErr(e);
         }
         let text = String::from_utf8_lossy(blob.as_slice()).into_owned();
+        let stored = match task.load_blob("recorder/hooks".into()) {
+            RResult::ROk(b) => String::from_utf8_lossy(&b).into_owned(),
+            RResult::RErr(e) => return RResult::RErr(format!("blob store: {e}").into()),
+        };
         let mut lines = text.lines();
         let (path, flags, pos) = (lines.next(), lines.next(), lines.next());
+        let in_blob: Vec<&str> = text.lines().skip(3).collect();
+        if stored.lines().collect::<Vec<_>>() != in_blob {
+            return RResult::RErr("the blob store and the fd's blob disagree".into());
+        }
         let hooks: Vec<&str> = lines.map(|l| l.split(' ').next().unwrap_or("")).collect();
         if hooks.first() != Some(&"dump_init")
             || !hooks.ends_with(&["dump_pause", "dump_checkpoint", "dump_fd"])
@@ -149,8 +163,20 @@ impl Handler for Recorder {
         }
     }
 
-    fn restore_resume(&self, task: TaskRef<'_>) -> RResult<(), RString> {
-        self.record("restore_resume", task.pid().to_string())
+    fn restore_resume(&self, mut task: TaskRef<'_>) -> RResult<(), RString> {
+        if let RResult::RErr(e) = self.record("restore_resume", task.pid().to_string()) {
+            return RResult::RErr(e);
+        }
+        // `recorder:install=PATH`: put PATH at fd 99 of the task.
+        if let Some(path) = self.install.lock().ok().and_then(|p| p.clone()) {
+            let f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) => return RResult::RErr(format!("open {path}: {e}").into()),
+            };
+            use std::os::fd::AsRawFd;
+            return task.install_fd(f.as_raw_fd(), 99);
+        }
+        RResult::ROk(())
     }
 
     fn restore_finish(&self, ok: bool) {
