@@ -15,6 +15,7 @@ use crt_plugin_api::{declare_plugin, handler_box, FdDesc, Handler, PluginInit, T
 
 #[derive(Default)]
 struct Recorder {
+    name: String,
     seen: Mutex<Vec<String>>,
     log: Mutex<Option<String>>,
     fail: Mutex<Option<String>>,
@@ -45,7 +46,7 @@ fn pids(p: RSlice<'_, i32>) -> String {
 
 impl Handler for Recorder {
     fn name(&self) -> RString {
-        "recorder".into()
+        self.name.as_str().into()
     }
 
     fn version(&self) -> RString {
@@ -184,11 +185,33 @@ impl Handler for Recorder {
     }
 }
 
+/// The file this copy of the plugin was loaded from (from /proc/self/maps).
+fn own_file() -> Option<String> {
+    let here = init as fn() -> PluginInit as usize as u64;
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().find_map(|l| {
+        let (range, rest) = l.split_once(' ')?;
+        let (a, b) = range.split_once('-')?;
+        let (a, b) = (u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?);
+        (a <= here && here < b).then(|| rest.split_whitespace().nth(4).unwrap_or("").to_string())
+    })
+}
+
 fn init() -> PluginInit {
     if std::env::var_os("CRT_RECORDER_DECLINE").is_some() {
         return PluginInit::Declined("CRT_RECORDER_DECLINE is set".into());
     }
-    PluginInit::Handlers(vec![handler_box(Recorder::default())].into())
+    // Copies installed under other file names get their own handler name,
+    // so several can be loaded at once (the plugin benchmark does).
+    let stem = own_file()
+        .and_then(|p| std::path::Path::new(&p).file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let name = if stem.is_empty() || stem == "libcrt_plugin_recorder" {
+        "recorder".into()
+    } else {
+        format!("recorder-{stem}")
+    };
+    PluginInit::Handlers(vec![handler_box(Recorder { name, ..Recorder::default() })].into())
 }
 
 declare_plugin! {
