@@ -13,12 +13,7 @@ use std::time::{Duration, Instant};
 use crt_tests::{dump, send_signal, Restored, TestDir, Workload, READY_TIMEOUT};
 
 fn stat(path: &Path, key: &str) -> f64 {
-    let s = std::fs::read_to_string(path).expect("stats file");
-    s.split(&format!("\"{key}\":"))
-        .nth(1)
-        .and_then(|r| r.split([',', '}']).next())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN)
+    crt_tests::stats_field(path, key)
 }
 
 fn one(label: &str, w: &Workload, tasks: usize) {

@@ -7,28 +7,9 @@
 //! `CRT_BENCH_WARMUP=0` to skip the unreported warm-up round.
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use std::path::Path;
 use std::time::Instant;
 
 use crt_tests::{crt, dump, send_signal, Restored, TestDir, Workload, READY_TIMEOUT};
-
-fn stats(path: &Path) -> serde_like::Map {
-    serde_like::parse(&std::fs::read_to_string(path).expect("stats file"))
-}
-
-/// A tiny flat-JSON reader (numbers only), to keep the bench dependency-free.
-mod serde_like {
-    pub type Map = std::collections::BTreeMap<String, f64>;
-    pub fn parse(s: &str) -> Map {
-        s.trim_matches(|c| c == '{' || c == '}' || c == '\n')
-            .split(',')
-            .filter_map(|kv| {
-                let (k, v) = kv.split_once(':')?;
-                Some((k.trim().trim_matches('"').to_string(), v.trim().parse().ok()?))
-            })
-            .collect()
-    }
-}
 
 thread_local! {
     static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -62,30 +43,30 @@ fn one(mb: usize) {
     if QUIET.with(|q| q.get()) {
         return;
     }
-    let d = stats(&dstats);
-    let s = stats(&rstats);
-    let bytes = d["page_bytes"];
+    let d = |k: &str| crt_tests::stats_field(&dstats, k);
+    let s = |k: &str| crt_tests::stats_field(&rstats, k);
+    let bytes = d("page_bytes");
     println!(
         "{mb:>5} MiB  dump  {dump_wall:6.3}s {:5.2} GiB/s | freeze {:.4} collect {:.4} pages {:.3} ({:.2} GiB/s) write {:.4} | crt peak {:5.1} MiB",
         gibs(bytes, dump_wall),
-        d["freeze"],
-        d["collect"],
-        d["pages"],
-        gibs(bytes, d["pages"]),
-        d["write"],
-        d["peak_rss_kib"] / 1024.0
+        d("freeze"),
+        d("collect"),
+        d("pages"),
+        gibs(bytes, d("pages")),
+        d("write"),
+        d("peak_rss_kib") / 1024.0
     );
-    let restore_phases = s["validate"] + s["create"] + s["map"] + s["fill"] + s["resume"];
+    let restore_phases = s("validate") + s("create") + s("map") + s("fill") + s("resume");
     println!(
         "{mb:>5} MiB  restore {restore_wall:6.3}s {:5.2} GiB/s (phases {restore_phases:.3}s {:.2} GiB/s) | create {:.4} map {:.4} fill {:.3} ({:.2} GiB/s) resume {:.5} | crt peak {:5.1} MiB",
         gibs(bytes, restore_wall),
         gibs(bytes, restore_phases),
-        s["create"],
-        s["map"],
-        s["fill"],
-        gibs(bytes, s["fill"]),
-        s["resume"],
-        s["peak_rss_kib"] / 1024.0
+        s("create"),
+        s("map"),
+        s("fill"),
+        gibs(bytes, s("fill")),
+        s("resume"),
+        s("peak_rss_kib") / 1024.0
     );
 }
 

@@ -539,3 +539,14 @@ impl Forest {
 pub fn roundtrip(name: &str) {
     Forest::spawn(&[name]).roundtrip();
 }
+
+/// A number from a `crt --stats` JSON file (NaN if absent): the benchmarks
+/// read crt's own phase timings and peak memory with it.
+pub fn stats_field(path: &Path, key: &str) -> f64 {
+    let s = std::fs::read_to_string(path).expect("stats file");
+    s.split(&format!("\"{key}\":"))
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
