@@ -45,6 +45,16 @@ pub enum ForestError {
     /// A ptrace request failed.
     #[error(transparent)]
     Ptrace(#[from] PtraceError),
+    /// A task did not reach a ptrace stop (stuck in the kernel).
+    #[error("pid {pid} did not stop within {secs} s (state {state}: blocked in the kernel?); try again later")]
+    WontStop {
+        /// The task.
+        pid: i32,
+        /// Its state letter.
+        state: char,
+        /// How long crt waited.
+        secs: u64,
+    },
     /// A task vanished while being frozen.
     #[error("pid {pid} exited while crt was freezing it")]
     Vanished {
@@ -52,6 +62,9 @@ pub enum ForestError {
         pid: i32,
     },
 }
+
+/// How long one thread may take to reach its ptrace stop.
+const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One process of the forest.
 #[derive(Debug, Clone)]
@@ -213,7 +226,11 @@ impl Frozen {
     fn wait_stopped(&mut self, idx: usize) -> Result<(), ForestError> {
         let tid = self.threads[idx].tid;
         loop {
-            match ptrace::wait(tid)? {
+            let Some(stop) = ptrace::wait_timeout(tid, FREEZE_TIMEOUT)? else {
+                let state = procfs::stat(tid).map(|s| s.state).unwrap_or('?');
+                return Err(ForestError::WontStop { pid: tid, state, secs: FREEZE_TIMEOUT.as_secs() });
+            };
+            match stop {
                 Stop::Stopped { sig, event } if event == libc::PTRACE_EVENT_STOP => {
                     // INTERRUPT reports SIGTRAP for a running task and the
                     // stop signal for one already in a group stop.

@@ -92,25 +92,49 @@ pub enum Stop {
 
 /// Waits for `tid` to change state (`__WALL`), retrying on EINTR.
 pub fn wait(tid: i32) -> Result<Stop> {
+    wait_flags(tid, 0).map(|s| s.unwrap_or(Stop::Exited(0)))
+}
+
+/// Like [`wait`], but gives up after `timeout` (`Ok(None)`): a task stuck
+/// in the kernel (state D) never reaches a ptrace stop.
+pub fn wait_timeout(tid: i32, timeout: std::time::Duration) -> Result<Option<Stop>> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut pause = std::time::Duration::from_micros(50);
+    loop {
+        if let Some(s) = wait_flags(tid, libc::WNOHANG)? {
+            return Ok(Some(s));
+        }
+        if std::time::Instant::now() > deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(5));
+    }
+}
+
+fn wait_flags(tid: i32, flags: libc::c_int) -> Result<Option<Stop>> {
     let mut status: libc::c_int = 0;
     loop {
         // SAFETY: `status` is a valid out-pointer for waitpid.
-        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
-        if r >= 0 {
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | flags) };
+        if r > 0 {
             break;
+        }
+        if r == 0 {
+            return Ok(None); // WNOHANG: no change yet
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(PtraceError { op: "waitpid", tid, source: e });
         }
     }
-    Ok(if libc::WIFSTOPPED(status) {
+    Ok(Some(if libc::WIFSTOPPED(status) {
         Stop::Stopped { sig: libc::WSTOPSIG(status), event: status >> 16 }
     } else if libc::WIFEXITED(status) {
         Stop::Exited(libc::WEXITSTATUS(status))
     } else {
         Stop::Signaled(libc::WTERMSIG(status))
-    })
+    }))
 }
 
 fn regset(req: libc::c_uint, op: &'static str, tid: i32, kind: libc::c_int, buf: &mut [u8]) -> Result<usize> {
