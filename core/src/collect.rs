@@ -39,12 +39,32 @@ pub struct Session {
     threads: Vec<Puppet>,
     scratch: Option<u64>,
     stashed: Vec<(i32, Vec<[u8; ptrace::SIGINFO_LEN]>)>,
+    /// Each thread's own CPU affinity, while crt runs it on crt's CPU.
+    affinity: Vec<(i32, Vec<u8>)>,
     undone: bool,
 }
 
 impl Session {
     /// Opens puppets on every thread of `p`, which `frozen` holds stopped.
-    pub fn open(p: &Proc, frozen: &Frozen, blobs: &crate::puppet::Blobs) -> Result<Self, DumpError> {
+    /// With `pin`, the threads run on crt's CPU while crt injects syscalls
+    /// (their own affinity is recorded and given back by [`Session::undo`]).
+    pub fn open(
+        p: &Proc,
+        frozen: &Frozen,
+        blobs: &crate::puppet::Blobs,
+        pin: Option<&[u8]>,
+    ) -> Result<Self, DumpError> {
+        let mut affinity = Vec::new();
+        for &tid in &p.threads {
+            let own = crate::affinity::get(tid).unwrap_or_default();
+            if let Some(mask) = pin.filter(|_| !own.is_empty()) {
+                if crate::affinity::set(tid, mask).is_ok() {
+                    affinity.push((tid, own));
+                    continue;
+                }
+            }
+            affinity.push((tid, own));
+        }
         let gadget = puppet::find_gadget(p.pid)?;
         let mut puppets = Vec::new();
         let mut stashed = Vec::new();
@@ -60,7 +80,7 @@ impl Session {
             return Err(DumpError::Forest(crate::forest::ForestError::Vanished { pid: p.pid }));
         }
         let puppet = puppets.remove(0);
-        Ok(Self { pid: p.pid, puppet, threads: puppets, scratch: None, stashed, undone: false })
+        Ok(Self { pid: p.pid, puppet, threads: puppets, scratch: None, stashed, affinity, undone: false })
     }
 
     fn scratch(&mut self) -> Result<u64, DumpError> {
@@ -100,6 +120,11 @@ impl Session {
         for p in std::iter::once(&self.puppet).chain(&self.threads) {
             if let Err(e) = p.restore_regs() {
                 tracing::warn!(pid = self.pid, tid = p.tid(), "restoring registers: {e}");
+            }
+        }
+        for (tid, mask) in self.affinity.iter().filter(|(_, m)| !m.is_empty()) {
+            if let Err(e) = crate::affinity::set(*tid, mask) {
+                tracing::warn!(pid = self.pid, tid, "restoring CPU affinity: {e}");
             }
         }
     }
@@ -162,6 +187,11 @@ pub fn collect_task(
     let mut threads = vec![collect_thread(&mut s.puppet, scratch)?];
     for t in &mut s.threads {
         threads.push(collect_thread(t, scratch)?);
+    }
+    for t in &mut threads {
+        if let Some((_, own)) = s.affinity.iter().find(|(tid, _)| *tid == t.tid) {
+            t.cpu_affinity = own.clone();
+        }
     }
     for (tid, infos) in &s.stashed {
         if let Some(t) = threads.iter_mut().find(|t| t.tid == *tid) {
@@ -332,6 +362,7 @@ fn collect_thread(p: &mut Puppet, scratch: u64) -> Result<pb::Thread, DumpError>
         rseq: ptrace::rseq_config(tid)?.map(|r| pb::Rseq { ptr: r.ptr, size: r.size, signature: r.signature }),
         clear_child_tid,
         altstack: Some(pb::SigAltStack { sp: word(0), flags: word(8) as i32, size: word(16) }),
+        cpu_affinity: Vec::new(), // filled from the session's record
     })
 }
 

@@ -257,6 +257,9 @@ fn collect_and_write(
     let mut file_ids = FileIds::default();
     let blobs = crate::puppet::Blobs::default();
 
+    // Puppeteer and frozen tasks share one CPU while syscalls are injected.
+    let pin = crate::affinity::Pin::current_cpu();
+
     // 3. Collect every task (all refusals happen here, before any page is copied).
     let t = Instant::now();
     let mut collected: Vec<(pb::Task, Vec<PagePlan>)> = Vec::new();
@@ -266,7 +269,7 @@ fn collect_and_write(
             collected.push((collect::zombie_task(proc_), Vec::new()));
             continue;
         }
-        sessions.push(Session::open(proc_, frozen, &blobs)?);
+        sessions.push(Session::open(proc_, frozen, &blobs, pin.mask())?);
         let Some(session) = sessions.last_mut() else { unreachable!("pushed above") };
         let _s = info_span!("collect").entered();
         let (task, plans) =

@@ -226,6 +226,8 @@ where
                 let free_tx = free_tx.clone();
                 let full_rx = &full_rx;
                 scope.spawn(move || -> Result<(), E> {
+                    // Copy threads use every CPU, even when the puppeteer is pinned.
+                    crate::affinity::unpin_current();
                     loop {
                         let next = full_rx.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
                         let Ok((buf, batch, off)) = next else {

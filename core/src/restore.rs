@@ -165,6 +165,9 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
         return Err(e.into());
     }
 
+    // Puppeteer and the tasks it builds share one CPU until release.
+    let pin = crate::affinity::Pin::current_cpu();
+
     // 2-4. Create, rebuild; kill everything created on failure.
     let mut created = Created::default();
     let blobs = crate::puppet::Blobs::default();
@@ -194,6 +197,7 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
     }
     finish(true);
     stats.resume = t.elapsed().as_secs_f64();
+    drop(pin);
     stats.tasks = tasks.len();
     info!(tasks = stats.tasks, "forest resumed");
     let roots = inventory.roots.clone();

@@ -43,6 +43,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "unix_backlog",
     "unix_dgram",
     "unix_fan",
+    "unix_scm",
     "fifo_pair",
     "memfd_share",
     "clone_files",

@@ -86,6 +86,54 @@ fn failed_dump_after_collect_loses_no_byte() {
     }
 }
 
+/// Regular files and a unix socket in flight (SCM_RIGHTS) in a stream and
+/// a datagram queue: the receiver gets working fds at the right offsets,
+/// with the message and fd boundaries it would have seen.
+#[test]
+fn descriptors_in_flight_scm_rights() {
+    crt_tests::init!();
+    Forest::spawn(&["unix_scm"]).roundtrip();
+}
+
+/// A failed dump after every queue carrying descriptors was peeked loses no
+/// byte and no descriptor in flight.
+#[test]
+fn failed_dump_keeps_descriptors_in_flight() {
+    crt_tests::init!();
+    let f = Forest::spawn(&["unix_scm"]);
+    f.wait_ready();
+    std::thread::sleep(RUN_BEFORE_DUMP);
+    let out = dump_env(&f.refs(), f.img_dir(), &[], &[("CRT_FAULT", "dump-after-collect")]);
+    out.assert_failure().assert_stderr_contains("injected");
+    std::thread::sleep(RUN_AFTER_RESTORE);
+    for w in &f.workloads {
+        w.terminate_and_check();
+    }
+}
+
+/// A pipe in flight is refused, naming the process, fd, socket and the
+/// pipe; the workload runs on with every message and descriptor.
+#[test]
+fn pipe_in_flight_is_refused_and_nothing_is_lost() {
+    crt_tests::init!();
+    let f = Forest::from_workloads(vec![Workload::spawn_with_env("unix_scm", &[("CRT_SCM_PIPE", "1")])]);
+    f.wait_ready();
+    std::thread::sleep(RUN_BEFORE_DUMP);
+    let out = dump(&f.refs(), f.img_dir(), &[]);
+    out.assert_failure()
+        .assert_stderr_contains("SCM_RIGHTS")
+        .assert_stderr_contains("pipe:[")
+        .assert_stderr_contains("a pipe or FIFO")
+        .assert_stderr_contains("unix datagram socket:[")
+        .assert_stderr_mentions_number(f.workloads[0].roles()[0].pid);
+    let snap = DirSnapshot::take(f.img_dir());
+    assert!(snap.is_empty(), "a refused dump left files: {snap:?}");
+    std::thread::sleep(RUN_AFTER_RESTORE);
+    for w in &f.workloads {
+        w.terminate_and_check();
+    }
+}
+
 /// Dumps only one side (`dumped`: 0 = server, 1 = client) of a running
 /// unix_link; the peer socket stays outside.
 fn outside(dumped: usize, extra: &[&str], env: &[(&str, &str)]) -> (Vec<Workload>, TestDir, crt_tests::CrtOutput) {

@@ -508,3 +508,13 @@ fn unix_fan_passes() {
 fn unix_fan_detects_a_consumed_byte() {
     sabotaged("unix_fan", "server: bytes from client 0 differ");
 }
+
+#[test]
+fn unix_scm_passes() {
+    selfcheck("unix_scm");
+}
+
+#[test]
+fn unix_scm_detects_a_consumed_message() {
+    sabotaged("unix_scm", "C: plain prefix: got 8 bytes, want 100");
+}

@@ -34,22 +34,7 @@ impl Handler for RegFile {
     }
 
     fn dump_fd(&self, _task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
-        if is_deleted(&fd.link) {
-            return RResult::RErr(
-                format!("{} was deleted while open; crt cannot restore deleted files", fd.link).into(),
-            );
-        }
-        let img = pb::RegFile {
-            path: fd.link.to_string(),
-            flags: fd.flags,
-            pos: fd.pos,
-            mode: fd.mode,
-            size: fd.size,
-            dev: fd.dev,
-            ino: fd.ino,
-            mtime_ns: fd.mtime_ns,
-        };
-        RResult::ROk(img.encode_to_vec().into())
+        dump_blob(fd).map(RVec::from).map_err(RString::from).into()
     }
 
     fn restore_fd(&self, _task: TaskRef<'_>, _fd: i32, blob: RSlice<'_, u8>) -> RResult<i32, RString> {
@@ -57,7 +42,26 @@ impl Handler for RegFile {
     }
 }
 
-fn restore(blob: &[u8]) -> Result<i32, String> {
+/// The record of the regular file `fd` (also used by the unix handler for files in flight).
+pub(crate) fn dump_blob(fd: &FdDesc) -> Result<Vec<u8>, String> {
+    if is_deleted(&fd.link) {
+        return Err(format!("{} was deleted while open; crt cannot restore deleted files", fd.link));
+    }
+    let img = pb::RegFile {
+        path: fd.link.to_string(),
+        flags: fd.flags,
+        pos: fd.pos,
+        mode: fd.mode,
+        size: fd.size,
+        dev: fd.dev,
+        ino: fd.ino,
+        mtime_ns: fd.mtime_ns,
+    };
+    Ok(img.encode_to_vec())
+}
+
+/// Reopens the file of a [`dump_blob`] record at its flags and offset; the caller owns the fd.
+pub(crate) fn restore(blob: &[u8]) -> Result<i32, String> {
     let img = pb::RegFile::decode(blob).map_err(|e| format!("corrupt regfile record: {e}"))?;
     let fd = open_raw(&img.path, img.flags as i32 & !REOPEN_STRIP)?;
     // SAFETY: fd was just opened by us and is owned here.

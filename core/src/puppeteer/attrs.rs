@@ -147,6 +147,14 @@ impl Builder {
             task_state::restart_fixup(&mut regs);
             ptrace::set_xsave(tid, &img.xsave)?;
             ptrace::set_regs(tid, &regs)?;
+            // The task was built pinned to crt's CPU: give it back its own CPUs.
+            if !img.cpu_affinity.is_empty() {
+                if let Err(e) = crate::affinity::set(tid, &img.cpu_affinity) {
+                    warn!(tid, "cannot restore the CPU affinity: {e}");
+                }
+            } else if let Some(mask) = crate::affinity::original() {
+                let _ = crate::affinity::set(tid, mask);
+            }
         }
         Ok(())
     }

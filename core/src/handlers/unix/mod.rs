@@ -9,16 +9,20 @@
 //! forest holds. Each socket records how to create itself and its peer
 //! ([`pb::UnixBase`]), its options and its receive queue, read with
 //! `MSG_PEEK` from `SO_PEEK_OFF` 0 on a `pidfd_getfd` copy ([`queue`]), so
-//! a failed dump leaves every byte in place. A peer, listener or pending
-//! client held only outside the forest is refused, unless
-//! `--handler-opt unix:external=close`.
+//! a failed dump leaves every byte in place. Descriptors in flight
+//! (`SCM_RIGHTS`) are recorded with their message when they are regular
+//! files (the `regfile` blob) or unix sockets (a nested record); others are
+//! refused. A peer, listener or pending client held only outside the forest
+//! (neither by a task nor in flight in a queue of the forest) is refused,
+//! unless `--handler-opt unix:external=close`.
 //!
 //! **Restore.** State is keyed by socket inode. The first end of a
 //! connected pair restored creates both (`socketpair`); the other end waits
 //! in the map for its own fd. A listener is bound, listens and re-connects
 //! its pending clients in queue order. Each end's receive queue is refilled
 //! by sending its recorded messages from the peer end (or, for an
-//! unconnected datagram socket, from a scratch socket to its name). Buffer
+//! unconnected datagram socket, from a scratch socket to its name), with
+//! the descriptors in flight recreated and sent along. Buffer
 //! sizes and `shutdown(2)` are applied in `restore_resume`, after every
 //! queue is full; ends no task claimed and socket files of unlinked paths
 //! are dropped in `restore_finish`.
@@ -40,7 +44,6 @@ use super::{boxed, Builtin, BUILTIN_VERSION};
 use crate::images::pb;
 use diag::Sock;
 use pb::UnixPeerKind as Kind;
-use queue::PeekError;
 
 /// What to do with a peer held only outside the forest (`unix:external=`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,6 +74,8 @@ struct DumpState {
     pending_of: HashMap<u64, u64>,
     /// Names of listening sockets (their accepted sockets show the same name).
     listener_names: HashSet<Vec<u8>>,
+    /// Sockets in flight in the forest's queues ([`DumpState::inflight`]), once computed.
+    inflight: Option<HashSet<u64>>,
 }
 
 /// Per-restore state.
@@ -85,6 +90,10 @@ struct Made {
     finals_done: bool,
     /// Socket files to remove at the end (sockets whose path was unlinked after bind).
     unlink: Vec<PathBuf>,
+    /// Sockets whose receive queue is refilled (a socket both held and in flight is restored twice).
+    refilled: HashSet<u64>,
+    /// Sockets whose queue is being refilled, innermost last (to refuse cycles of sockets in flight).
+    restoring: Vec<u64>,
 }
 
 /// AF_UNIX sockets.
@@ -212,6 +221,66 @@ impl DumpState {
     }
 }
 
+/// Where a socket's record is made: the task and fd that hold it (or, for
+/// a socket in flight, the one whose queue carries it).
+#[derive(Clone, Copy)]
+struct At {
+    pid: i32,
+    fd: i32,
+}
+
+impl DumpState {
+    /// `ino` is held by the forest: by a task, or in flight in the queue of a socket the forest holds.
+    fn held(&mut self, ino: u64) -> bool {
+        self.forest.contains(&ino) || self.inflight().contains(&ino)
+    }
+
+    /// Sockets in flight (`SCM_RIGHTS`) in the receive queues of the forest's
+    /// sockets, and in theirs; found by peeking, once, when first asked.
+    fn inflight(&mut self) -> &HashSet<u64> {
+        if self.inflight.is_none() {
+            let mut found = HashSet::new();
+            let mut work: Vec<OwnedFd> = Vec::new();
+            for &pid in &self.pids {
+                let Ok(fds) = crate::procfs::fds(pid) else { continue };
+                for fd in fds {
+                    let link = crate::procfs::link(pid, &format!("fd/{fd}")).unwrap_or_default();
+                    if socket_ino(&link).is_some_and(|i| self.socks.contains_key(&i)) {
+                        if let Ok(f) = queue::take_fd(pid, fd) {
+                            work.push(f);
+                        }
+                    }
+                }
+            }
+            while let Some(f) = work.pop() {
+                let Some(s) = self.sock_of(f.as_fd()) else { continue };
+                if s.state == diag::TCP_LISTEN {
+                    continue;
+                }
+                let Ok(msgs) = queue::peek_all(f.as_fd(), s.typ as i32 == libc::SOCK_STREAM, s.shutdown & 1 != 0)
+                else {
+                    continue;
+                };
+                for inner in msgs.into_iter().flat_map(|m| m.fds) {
+                    if let Some(i) = self.sock_of(inner.as_fd()).map(|s| s.ino) {
+                        if found.insert(i) && !self.forest.contains(&i) {
+                            work.push(inner);
+                        }
+                    }
+                }
+            }
+            self.inflight = Some(found);
+        }
+        self.inflight.get_or_insert_with(HashSet::new)
+    }
+
+    /// The unix socket behind crt's descriptor `f`, if it is one of the namespace's.
+    fn sock_of(&self, f: std::os::fd::BorrowedFd<'_>) -> Option<&Sock> {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()?;
+        self.socks.get(&socket_ino(link.to_str()?)?)
+    }
+}
+
 impl Unix {
     fn dump_one(&self, mut task: TaskRef<'_>, fd: &FdDesc) -> Result<Vec<u8>, String> {
         let ext = lock(&self.opts, "option")?.external;
@@ -219,93 +288,184 @@ impl Unix {
         if guard.is_none() {
             *guard = Some(DumpState::load(&[fd.pid])?);
         }
-        let Some(st) = guard.as_ref() else { unreachable!("set above") };
-        let s = st
-            .socks
-            .get(&fd.ino)
-            .ok_or_else(|| format!("socket:[{}] is not in unix_diag's list (another network namespace?)", fd.ino))?;
-        if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&(s.typ as i32)) {
-            return Err(format!("unix socket:[{}] has type {}, which crt does not handle", s.ino, s.typ));
+        let Some(st) = guard.as_mut() else { unreachable!("set above") };
+        if !st.socks.contains_key(&fd.ino) {
+            return Err(format!("socket:[{}] is not in unix_diag's list (another network namespace?)", fd.ino));
         }
-        let stream_like = s.typ as i32 != libc::SOCK_DGRAM;
-        let mut img = pb::UnixSocket {
-            me: Some(st.base(s, fd.pid, ext)),
-            state: s.state as u32,
-            flags: fd.flags,
-            shutdown: s.shutdown as u32,
-            ..Default::default()
-        };
-
-        // The peer, and who else is connected to this socket.
-        let mut kind = Kind::PeerNone;
-        let mut peer_ino = s.peer;
-        if s.peer != 0 {
-            kind = if st.forest.contains(&s.peer) {
-                Kind::PeerForest
-            } else if ext == External::Close {
-                Kind::PeerExternal
-            } else {
-                return Err(st.outside(s, fd, s.peer, "peer"));
-            };
-        } else if let Some(&l) = st.pending_of.get(&s.ino) {
-            peer_ino = l;
-            kind = if st.forest.contains(&l) {
-                Kind::PeerPending
-            } else if ext == External::Close {
-                Kind::PeerExternal
-            } else {
-                return Err(st.outside(s, fd, l, "listener (this connection is not accepted yet)"));
-            };
-            if s.rqlen.1 > 0 && kind == Kind::PeerPending {
-                return Err(format!(
-                    "unix {} socket:[{}] sent data on a connection its listener socket:[{l}] has not \
-                     accepted yet; crt cannot read it without accepting: let the server accept it first",
-                    type_name(s.typ as u32),
-                    s.ino
-                ));
-            }
-        } else if stream_like && s.state == diag::TCP_ESTABLISHED {
-            kind = Kind::PeerClosed;
-        }
-        if ext == External::Refuse {
-            let mut related: Vec<(u64, &str)> = s.icons.iter().map(|&c| (c, "pending client")).collect();
-            related.extend(st.reverse.get(&s.ino).into_iter().flatten().map(|&r| (r, "peer")));
-            if let Some(&(o, what)) = related.iter().find(|(o, _)| *o != 0 && !st.forest.contains(o)) {
-                return Err(st.outside(s, fd, o, what));
-            }
-        }
-        if let Some(p) = st.socks.get(&peer_ino).filter(|_| matches!(kind, Kind::PeerForest | Kind::PeerPending)) {
-            img.peer = Some(st.base(p, fd.pid, ext));
-            img.mutual = p.peer == s.ino;
-        }
-        img.peer_kind = kind as i32;
-        img.peer_ino = peer_ino;
-
-        // Options and the receive queue, from a copy of the task's fd.
         let raw = task.take_fd(fd.fd).into_result().map_err(|e| format!("taking a copy of the socket: {e}"))?;
         // SAFETY: take_fd hands over ownership of a fresh descriptor in crt's table.
         let own = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-        let b = own.as_fd();
-        img.passcred = queue::get_int(b, libc::SO_PASSCRED)? != 0;
-        img.passsec = queue::get_int(b, libc::SO_PASSSEC).unwrap_or(0) != 0;
-        img.sndbuf = queue::get_int(b, libc::SO_SNDBUF)?;
-        img.rcvbuf = queue::get_int(b, libc::SO_RCVBUF)?;
-        img.peek_off = queue::get_int(b, libc::SO_PEEK_OFF)?;
-        if s.state != diag::TCP_LISTEN {
-            let msgs =
-                queue::peek_all(b, s.typ as i32 == libc::SOCK_STREAM, s.shutdown & 1 != 0).map_err(|e| match e {
-                    PeekError::Rights(n) => format!(
-                        "unix {} socket:[{}] has {n} file descriptor(s) in flight (SCM_RIGHTS) in its receive \
-                     queue; crt cannot dump descriptors in flight yet: let the receiver read them first",
-                        type_name(s.typ as u32),
-                        s.ino
-                    ),
-                    PeekError::Other(m) => format!("reading the receive queue of socket:[{}]: {m}", s.ino),
-                })?;
-            img.queue = msgs.into_iter().map(|m| pb::UnixMessage { data: m.data, sender: m.sender }).collect();
-        }
+        let img = record(st, ext, At { pid: fd.pid, fd: fd.fd }, fd.ino, fd.flags, own.as_fd(), &mut Vec::new())?;
         Ok(img.encode_to_vec())
     }
+}
+
+/// The record of socket `ino`, whose copy in crt is `b` and whose fd has status `flags`.
+/// `stack`: the sockets whose queues carry this one (to refuse cycles).
+fn record(
+    st: &mut DumpState,
+    ext: External,
+    at: At,
+    ino: u64,
+    flags: u32,
+    b: std::os::fd::BorrowedFd<'_>,
+    stack: &mut Vec<u64>,
+) -> Result<pb::UnixSocket, String> {
+    let fd = FdDesc { pid: at.pid, fd: at.fd, ino, ..Default::default() };
+    let s = st
+        .socks
+        .get(&ino)
+        .cloned()
+        .ok_or_else(|| format!("socket:[{ino}] is not in unix_diag's list (another network namespace?)"))?;
+    let s = &s;
+    if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&(s.typ as i32)) {
+        return Err(format!("unix socket:[{}] has type {}, which crt does not handle", s.ino, s.typ));
+    }
+    let stream_like = s.typ as i32 != libc::SOCK_DGRAM;
+    let mut img = pb::UnixSocket {
+        me: Some(st.base(s, fd.pid, ext)),
+        state: s.state as u32,
+        flags,
+        shutdown: s.shutdown as u32,
+        ..Default::default()
+    };
+
+    // The peer, and who else is connected to this socket.
+    let mut kind = Kind::PeerNone;
+    let mut peer_ino = s.peer;
+    if s.peer != 0 {
+        kind = if st.held(s.peer) {
+            Kind::PeerForest
+        } else if ext == External::Close {
+            Kind::PeerExternal
+        } else {
+            return Err(st.outside(s, &fd, s.peer, "peer"));
+        };
+    } else if let Some(&l) = st.pending_of.get(&s.ino) {
+        peer_ino = l;
+        kind = if st.held(l) {
+            Kind::PeerPending
+        } else if ext == External::Close {
+            Kind::PeerExternal
+        } else {
+            return Err(st.outside(s, &fd, l, "listener (this connection is not accepted yet)"));
+        };
+        if s.rqlen.1 > 0 && kind == Kind::PeerPending {
+            return Err(format!(
+                "unix {} socket:[{}] sent data on a connection its listener socket:[{l}] has not \
+                 accepted yet; crt cannot read it without accepting: let the server accept it first",
+                type_name(s.typ as u32),
+                s.ino
+            ));
+        }
+    } else if stream_like && s.state == diag::TCP_ESTABLISHED {
+        kind = Kind::PeerClosed;
+    }
+    if ext == External::Refuse {
+        let mut related: Vec<(u64, &str)> = s.icons.iter().map(|&c| (c, "pending client")).collect();
+        related.extend(st.reverse.get(&s.ino).cloned().unwrap_or_default().into_iter().map(|r| (r, "peer")));
+        for (o, what) in related {
+            if o != 0 && !st.held(o) {
+                return Err(st.outside(s, &fd, o, what));
+            }
+        }
+    }
+    if let Some(p) = st.socks.get(&peer_ino).filter(|_| matches!(kind, Kind::PeerForest | Kind::PeerPending)) {
+        img.peer = Some(st.base(p, fd.pid, ext));
+        img.mutual = p.peer == s.ino;
+    }
+    img.peer_kind = kind as i32;
+    img.peer_ino = peer_ino;
+
+    // Options and the receive queue.
+    img.passcred = queue::get_int(b, libc::SO_PASSCRED)? != 0;
+    img.passsec = queue::get_int(b, libc::SO_PASSSEC).unwrap_or(0) != 0;
+    img.sndbuf = queue::get_int(b, libc::SO_SNDBUF)?;
+    img.rcvbuf = queue::get_int(b, libc::SO_RCVBUF)?;
+    img.peek_off = queue::get_int(b, libc::SO_PEEK_OFF)?;
+    if s.state != diag::TCP_LISTEN {
+        let msgs = queue::peek_all(b, s.typ as i32 == libc::SOCK_STREAM, s.shutdown & 1 != 0)
+            .map_err(|m| format!("reading the receive queue of socket:[{}]: {m}", s.ino))?;
+        stack.push(s.ino);
+        for m in msgs {
+            let mut fds = Vec::with_capacity(m.fds.len());
+            for f in &m.fds {
+                fds.push(inflight_fd(st, ext, at, s, f.as_fd(), stack)?);
+            }
+            img.queue.push(pb::UnixMessage { data: m.data, sender: m.sender, fds });
+            // `m.fds`, crt's copies of the descriptors in flight, close here.
+        }
+        stack.pop();
+    }
+    Ok(img)
+}
+
+/// The record of a descriptor in flight with a message queued on `carrier`
+/// (`f` is crt's copy): a regular file opened by path or a unix socket.
+fn inflight_fd(
+    st: &mut DumpState,
+    ext: External,
+    at: At,
+    carrier: &Sock,
+    f: std::os::fd::BorrowedFd<'_>,
+    stack: &mut Vec<u64>,
+) -> Result<pb::UnixInflightFd, String> {
+    let n = f.as_raw_fd();
+    let link = std::fs::read_link(format!("/proc/self/fd/{n}"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|e| format!("(readlink: {e})"));
+    let refuse = |why: &str| {
+        format!(
+            "pid {} fd {} (unix {} socket:[{}]) has a message in its receive queue carrying a file descriptor \
+             in flight (SCM_RIGHTS): {link}, {why}; crt restores regular files and unix sockets in flight: let \
+             the receiver read the message first",
+            at.pid,
+            at.fd,
+            type_name(carrier.typ as u32),
+            carrier.ino
+        )
+    };
+    let desc = (|| -> Result<FdDesc, String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(format!("/proc/self/fd/{n}")).map_err(|e| format!("stat: {e}"))?;
+        let info = crate::procfs::fdinfo(std::process::id() as i32, n).map_err(|e| e.to_string())?;
+        Ok(FdDesc {
+            pid: at.pid,
+            fd: at.fd,
+            link: link.as_str().into(),
+            mode: meta.mode(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            rdev: meta.rdev(),
+            size: meta.size() as i64,
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            flags: info.flags & !(libc::O_CLOEXEC as u32),
+            pos: info.pos,
+            mnt_id: info.mnt_id,
+        })
+    })()
+    .map_err(|e| refuse(&format!("which crt could not inspect ({e})")))?;
+    let (handler, blob) = if desc.file_type() == libc::S_IFREG && link.starts_with('/') {
+        let blob = super::regfile::dump_blob(&desc).map_err(|e| refuse(&e))?;
+        ("regfile", blob)
+    } else if let Some(ino) = socket_ino(&link).filter(|i| st.socks.contains_key(i)) {
+        if stack.contains(&ino) {
+            return Err(refuse("a socket that carries itself, directly or not (a cycle)"));
+        }
+        let rec = record(st, ext, at, ino, desc.flags, f, stack).map_err(|e| refuse(&format!("whose state: {e}")))?;
+        ("unix", rec.encode_to_vec())
+    } else {
+        let kind = match desc.file_type() {
+            libc::S_IFIFO => "a pipe or FIFO",
+            libc::S_IFSOCK => "a socket that is not a unix socket of this namespace",
+            libc::S_IFDIR => "a directory",
+            libc::S_IFCHR | libc::S_IFBLK => "a device",
+            libc::S_IFREG => "a regular file not opened by path",
+            _ => "an anonymous inode",
+        };
+        return Err(refuse(&format!("which is {kind}")));
+    };
+    Ok(pb::UnixInflightFd { link, handler: handler.into(), blob })
 }
 
 impl Made {
@@ -452,8 +612,12 @@ impl Made {
             queue::connect(self.fd(me.ino)?, &name)?;
         }
 
-        // Refill the receive queue from the sending side.
-        if s.queue.iter().any(|m| !m.data.is_empty()) || (typ != libc::SOCK_STREAM && !s.queue.is_empty()) {
+        // Refill the receive queue from the sending side, once.
+        let first = self.refilled.insert(me.ino);
+        if first
+            && (s.queue.iter().any(|m| !m.data.is_empty() || !m.fds.is_empty())
+                || (typ != libc::SOCK_STREAM && !s.queue.is_empty()))
+        {
             if let Some(path) = &external {
                 tracing::warn!(
                     ino = me.ino,
@@ -462,12 +626,17 @@ impl Made {
                     diag::show_name(path)
                 );
             } else {
-                self.refill(s, me, kind, closer.as_ref())?;
+                self.restoring.push(me.ino);
+                let carried = self.carried(s);
+                self.restoring.pop();
+                self.refill(s, me, kind, closer.as_ref(), &carried?)?;
             }
         }
         drop(closer);
 
-        self.finals.push((me.ino, s.sndbuf, s.rcvbuf, s.shutdown));
+        if first {
+            self.finals.push((me.ino, s.sndbuf, s.rcvbuf, s.shutdown));
+        }
         let fd = self.fd(me.ino)?;
         if s.passcred {
             queue::set_int(fd, libc::SO_PASSCRED, 1)?;
@@ -483,12 +652,45 @@ impl Made {
         Ok(out)
     }
 
+    /// The descriptors in flight with each message of `s`'s queue, recreated.
+    fn carried(&mut self, s: &pb::UnixSocket) -> Result<Vec<Vec<OwnedFd>>, String> {
+        let own = s.me.as_ref().map(|m| m.ino).unwrap_or(0);
+        let mut out = Vec::with_capacity(s.queue.len());
+        for m in &s.queue {
+            let mut fds = Vec::with_capacity(m.fds.len());
+            for f in &m.fds {
+                let err = |e: String| format!("socket:[{own}]: descriptor in flight {}: {e}", f.link);
+                let fd = match f.handler.as_str() {
+                    "regfile" => {
+                        let raw = super::regfile::restore(&f.blob).map_err(err)?;
+                        // SAFETY: regfile::restore hands over a descriptor it just opened.
+                        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+                    }
+                    "unix" => {
+                        let rec = pb::UnixSocket::decode(f.blob.as_slice())
+                            .map_err(|e| err(format!("corrupt unix socket record: {e}")))?;
+                        let ino = rec.me.as_ref().map(|m| m.ino).unwrap_or(0);
+                        if self.restoring.contains(&ino) {
+                            return Err(err(format!("socket:[{ino}] carries itself in flight (a cycle)")));
+                        }
+                        self.restore(&rec, None).map_err(err)?
+                    }
+                    h => return Err(err(format!("unknown handler {h:?} (an image from a newer crt?)"))),
+                };
+                fds.push(fd);
+            }
+            out.push(fds);
+        }
+        Ok(out)
+    }
+
     fn refill(
         &self,
         s: &pb::UnixSocket,
         me: &pb::UnixBase,
         kind: Kind,
         closer: Option<&OwnedFd>,
+        carried: &[Vec<OwnedFd>],
     ) -> Result<(), String> {
         let typ = me.r#type as i32;
         let scratch;
@@ -513,8 +715,9 @@ impl Made {
         if (cur as usize) < total * 2 {
             queue::set_int(writer, libc::SO_SNDBUFFORCE, total.min(i32::MAX as usize / 2) as i32)?;
         }
-        for m in &s.queue {
-            queue::send(writer, &m.data, dest.as_deref(), typ == libc::SOCK_STREAM)
+        for (i, m) in s.queue.iter().enumerate() {
+            let fds: Vec<_> = carried.get(i).into_iter().flatten().map(|f| f.as_fd()).collect();
+            queue::send(writer, &m.data, &fds, dest.as_deref(), typ == libc::SOCK_STREAM)
                 .map_err(|e| format!("socket:[{}]: {e}", me.ino))?;
         }
         Ok(())

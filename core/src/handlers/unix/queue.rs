@@ -112,34 +112,30 @@ pub struct Msg {
     pub data: Vec<u8>,
     /// Datagrams: the sender's bound name.
     pub sender: Vec<u8>,
-}
-
-/// Why a queue could not be read.
-pub enum PeekError {
-    /// A message carries file descriptors (`SCM_RIGHTS`): the count.
-    Rights(usize),
-    /// Anything else.
-    Other(String),
+    /// Copies (in crt, close-on-exec) of the descriptors in flight with it (`SCM_RIGHTS`), in order.
+    pub fds: Vec<OwnedFd>,
 }
 
 /// Every message in `fd`'s receive queue, read with `MSG_PEEK` from
 /// offset 0 on (`SO_PEEK_OFF`), leaving the queue and the socket's own
-/// `SO_PEEK_OFF` as they were. `stream` glues everything into one message.
-pub fn peek_all(fd: BorrowedFd<'_>, stream: bool, rcv_shut: bool) -> Result<Vec<Msg>, PeekError> {
-    let other = PeekError::Other;
-    let saved = get_int(fd, libc::SO_PEEK_OFF).map_err(other)?;
-    set_int(fd, libc::SO_PEEK_OFF, 0).map_err(PeekError::Other)?;
+/// `SO_PEEK_OFF` as they were. `stream` glues bytes into one message, split
+/// only where descriptors are in flight: a message carrying descriptors holds
+/// the bytes up to the end of the write that sent them (the kernel's peek
+/// does not show where that write began).
+pub fn peek_all(fd: BorrowedFd<'_>, stream: bool, rcv_shut: bool) -> Result<Vec<Msg>, String> {
+    let saved = get_int(fd, libc::SO_PEEK_OFF)?;
+    set_int(fd, libc::SO_PEEK_OFF, 0)?;
     let r = walk(fd, stream, rcv_shut);
     let back = set_int(fd, libc::SO_PEEK_OFF, saved);
     let msgs = r?;
-    back.map_err(PeekError::Other)?;
+    back?;
     Ok(msgs)
 }
 
-fn walk(fd: BorrowedFd<'_>, stream: bool, rcv_shut: bool) -> Result<Vec<Msg>, PeekError> {
+fn walk(fd: BorrowedFd<'_>, stream: bool, rcv_shut: bool) -> Result<Vec<Msg>, String> {
     let mut out: Vec<Msg> = Vec::new();
     let mut buf = vec![0u8; 256 * 1024];
-    let mut ctl = [0u64; 64];
+    let mut ctl = [0u64; 256];
     let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
     loop {
         if !stream {
@@ -149,30 +145,34 @@ fn walk(fd: BorrowedFd<'_>, stream: bool, rcv_shut: bool) -> Result<Vec<Msg>, Pe
             let full = recv_msg(fd, &mut [], &mut ctl, flags | libc::MSG_TRUNC)?;
             match full {
                 None => break,
-                Some((_, _, rights)) if rights > 0 => return Err(PeekError::Rights(rights)),
-                Some((0, ..)) if rcv_shut => break,
-                Some((0, sender, _)) => {
-                    out.push(Msg { data: Vec::new(), sender });
+                Some(p) if p.n == 0 && rcv_shut && p.fds.is_empty() => break,
+                Some(p) if p.n == 0 => {
+                    out.push(Msg { data: Vec::new(), sender: p.sender, fds: p.fds });
                     continue;
                 }
-                Some((n, ..)) if n > buf.len() => buf.resize(n, 0),
+                Some(p) if p.n > buf.len() => buf.resize(p.n, 0),
                 _ => {}
             }
         }
-        let Some((n, sender, rights)) = recv_msg(fd, &mut buf, &mut ctl, flags)? else { break };
-        if rights > 0 {
-            return Err(PeekError::Rights(rights));
-        }
+        let Some(p) = recv_msg(fd, &mut buf, &mut ctl, flags)? else { break };
+        let n = p.n;
         if stream {
             if n == 0 {
                 break; // EOF: the peer shut down or closed
             }
-            match out.first_mut() {
-                Some(m) => m.data.extend_from_slice(&buf[..n]),
-                None => out.push(Msg { data: buf[..n].to_vec(), sender: Vec::new() }),
+            if p.fds.is_empty() {
+                match out.last_mut().filter(|m| m.fds.is_empty()) {
+                    Some(m) => m.data.extend_from_slice(&buf[..n]),
+                    None => out.push(Msg { data: buf[..n].to_vec(), sender: Vec::new(), fds: Vec::new() }),
+                }
+            } else {
+                // The peek glued the bytes of earlier writes without
+                // descriptors to those of the write that carried them, and
+                // nothing shows where that write began.
+                out.push(Msg { data: buf[..n].to_vec(), sender: Vec::new(), fds: p.fds });
             }
         } else {
-            out.push(Msg { data: buf[..n].to_vec(), sender });
+            out.push(Msg { data: buf[..n].to_vec(), sender: p.sender, fds: p.fds });
             if n == 0 && rcv_shut {
                 break;
             }
@@ -181,10 +181,14 @@ fn walk(fd: BorrowedFd<'_>, stream: bool, rcv_shut: bool) -> Result<Vec<Msg>, Pe
     Ok(out)
 }
 
-type Peeked = (usize, Vec<u8>, usize);
+struct Peeked {
+    n: usize,
+    sender: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
 
-/// One `recvmsg`: (bytes, sender name, fds received); None when the queue is empty.
-fn recv_msg(fd: BorrowedFd<'_>, buf: &mut [u8], ctl: &mut [u64], flags: i32) -> Result<Option<Peeked>, PeekError> {
+/// One `recvmsg`: bytes, sender name, descriptors received; None when the queue is empty.
+fn recv_msg(fd: BorrowedFd<'_>, buf: &mut [u8], ctl: &mut [u64], flags: i32) -> Result<Option<Peeked>, String> {
     // SAFETY: plain data; zeroes are valid.
     let mut from: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
@@ -203,9 +207,9 @@ fn recv_msg(fd: BorrowedFd<'_>, buf: &mut [u8], ctl: &mut [u64], flags: i32) -> 
         if e.kind() == std::io::ErrorKind::WouldBlock {
             return Ok(None);
         }
-        return Err(PeekError::Other(format!("recvmsg(MSG_PEEK): {e}")));
+        return Err(format!("recvmsg(MSG_PEEK): {e}"));
     }
-    let rights = close_rights(&mh);
+    let fds = take_rights(&mh);
     let base = std::mem::offset_of!(libc::sockaddr_un, sun_path);
     let nlen = (mh.msg_namelen as usize).saturating_sub(base).min(from.sun_path.len());
     let mut sender: Vec<u8> = from.sun_path[..nlen].iter().map(|&c| c as u8).collect();
@@ -214,15 +218,18 @@ fn recv_msg(fd: BorrowedFd<'_>, buf: &mut [u8], ctl: &mut [u64], flags: i32) -> 
             sender.pop();
         }
     }
-    if mh.msg_flags & libc::MSG_CTRUNC != 0 && rights == 0 && !ctl.is_empty() {
-        return Err(PeekError::Rights(1));
+    if mh.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(format!(
+            "a message carries more control data than crt's {}-byte buffer (descriptors in flight were cut off)",
+            std::mem::size_of_val(ctl)
+        ));
     }
-    Ok(Some((n as usize, sender, rights)))
+    Ok(Some(Peeked { n: n as usize, sender, fds }))
 }
 
-/// Closes the descriptors a peek of an `SCM_RIGHTS` message installed in crt; returns how many.
-fn close_rights(mh: &libc::msghdr) -> usize {
-    let mut count = 0;
+/// Takes ownership of the descriptors a peek of an `SCM_RIGHTS` message installed in crt.
+fn take_rights(mh: &libc::msghdr) -> Vec<OwnedFd> {
+    let mut out = Vec::new();
     // SAFETY: `mh` was filled by recvmsg; CMSG_FIRSTHDR/CMSG_NXTHDR stay inside msg_control.
     let mut c = unsafe { libc::CMSG_FIRSTHDR(mh) };
     while !c.is_null() {
@@ -239,21 +246,89 @@ fn close_rights(mh: &libc::msghdr) -> usize {
                 let at = data.wrapping_add(i);
                 // SAFETY: index `i` < n is inside the cmsg's data; the fd was installed for us.
                 let fd = unsafe { at.read_unaligned() };
-                // SAFETY: `fd` was just installed in crt's table by the peek and is ours to close.
-                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                // SAFETY: `fd` was just installed in crt's table by the peek and is ours.
+                out.push(unsafe { OwnedFd::from_raw_fd(fd) });
             }
-            count += n.max(1);
         }
         // SAFETY: `c` is a valid cmsghdr of `mh`.
         c = unsafe { libc::CMSG_NXTHDR(mh, c) };
     }
-    count
+    out
+}
+
+/// One `sendmsg` of `data` with `fds` attached (`SCM_RIGHTS`) to `dest`
+/// (a sockaddr_un and its length) when given; the bytes sent.
+fn send_rights(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+    dest: Option<&(libc::sockaddr_un, libc::socklen_t)>,
+) -> Result<usize, String> {
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let bytes = std::mem::size_of_val(raw.as_slice());
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
+    let mut ctl = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec { iov_base: data.as_ptr().cast_mut().cast(), iov_len: data.len() };
+    // SAFETY: plain data; zeroes are valid.
+    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+    if let Some((a, l)) = dest {
+        mh.msg_name = (a as *const libc::sockaddr_un).cast_mut().cast();
+        mh.msg_namelen = *l;
+    }
+    mh.msg_iov = &raw mut iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = ctl.as_mut_ptr().cast();
+    mh.msg_controllen = space as _;
+    // SAFETY: the control buffer holds CMSG_SPACE(bytes) bytes, room for one header.
+    let c = unsafe { libc::CMSG_FIRSTHDR(&raw const mh) };
+    if c.is_null() {
+        return Err("no room for the SCM_RIGHTS header".into());
+    }
+    // SAFETY: CMSG_LEN is a pure computation.
+    let clen = unsafe { libc::CMSG_LEN(bytes as u32) };
+    // SAFETY: `c` points to the start of the (8-byte aligned) control buffer.
+    unsafe {
+        c.write(libc::cmsghdr { cmsg_len: clen as _, cmsg_level: libc::SOL_SOCKET, cmsg_type: libc::SCM_RIGHTS })
+    };
+    // SAFETY: `c` is the valid header just written.
+    let at = unsafe { libc::CMSG_DATA(c) };
+    // SAFETY: the data area after the header has room for `bytes` bytes; `raw` is that long.
+    unsafe { std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), at, bytes) };
+    // SAFETY: every pointer in `mh` refers to a live buffer of the given size.
+    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &raw const mh, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(os_err(&format!("sending {} bytes with {} descriptor(s) (SCM_RIGHTS)", data.len(), fds.len())));
+    }
+    Ok(n as usize)
 }
 
 /// Sends `data` as one message (or, for a stream, all of it) from `fd`,
-/// to `dest` when given, never blocking.
-pub fn send(fd: BorrowedFd<'_>, data: &[u8], dest: Option<&[u8]>, stream: bool) -> Result<(), String> {
+/// to `dest` when given, never blocking; `fds` go with the first bytes (`SCM_RIGHTS`).
+pub fn send(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+    dest: Option<&[u8]>,
+    stream: bool,
+) -> Result<(), String> {
     let addr = dest.map(sockaddr).transpose()?;
+    if !fds.is_empty() {
+        if !stream {
+            send_rights(fd, data, fds, addr.as_ref())?;
+            return Ok(());
+        }
+        // Stream: the descriptors ride with the last byte, so a read gets
+        // them once it reaches the end of the write that carried them.
+        let (head, last) = data.split_at(data.len().saturating_sub(1));
+        if !head.is_empty() {
+            send(fd, head, &[], dest, true)?;
+        }
+        if send_rights(fd, last, fds, addr.as_ref())? != last.len() {
+            return Err("the byte carrying descriptors in flight was not sent".into());
+        }
+        return Ok(());
+    }
     let mut off = 0;
     loop {
         let rest = &data[off..];
@@ -280,4 +355,22 @@ pub fn send(fd: BorrowedFd<'_>, data: &[u8], dest: Option<&[u8]>, stream: bool) 
             return Ok(());
         }
     }
+}
+
+/// A copy in crt of `pid`'s descriptor `fd` (`pidfd_getfd`).
+pub fn take_fd(pid: i32, fd: i32) -> Result<OwnedFd, String> {
+    // SAFETY: plain syscall with integer arguments.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(os_err(&format!("pidfd_open({pid})")));
+    }
+    // SAFETY: pidfd was just returned to us and is owned here.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    // SAFETY: integer arguments only.
+    let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if got < 0 {
+        return Err(os_err(&format!("pidfd_getfd({pid}, {fd})")));
+    }
+    // SAFETY: the kernel just gave us this new descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(got as i32) })
 }
