@@ -305,6 +305,8 @@ fn collect_and_write(
         return Err(DumpError::SharedOutside(o));
     }
     stats.collect += t.elapsed().as_secs_f64();
+    // Page copying wants both CPUs.
+    drop(pin);
     crate::fault::check("dump-after-collect")?;
 
     // 5. Pages and task images.
