@@ -44,6 +44,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "unix_dgram",
     "unix_fan",
     "unix_scm",
+    "unix_unlinked",
     "fifo_pair",
     "memfd_share",
     "clone_files",
