@@ -335,6 +335,9 @@ impl ImageDir {
         let path = self.pagemap_path(pid);
         let pm: pb::PageMap = self.read_msg(&path, Kind::PageMap)?;
         let sum: u64 = pm.runs.iter().map(|r| r.nr_pages).sum();
+        if pm.shards > 16 {
+            return Err(ImageError::Invalid { path, what: format!("{} page shards (crt writes at most 16)", pm.shards) });
+        }
         if sum != pm.total_pages || pm.page_size != PAGE_SIZE {
             return Err(ImageError::Invalid {
                 path,
