@@ -334,9 +334,22 @@ impl ImageDir {
     pub fn read_pagemap(&self, pid: i32) -> Result<pb::PageMap, ImageError> {
         let path = self.pagemap_path(pid);
         let pm: pb::PageMap = self.read_msg(&path, Kind::PageMap)?;
-        let sum: u64 = pm.runs.iter().map(|r| r.nr_pages).sum();
+        let sum: u64 = pm.runs.iter().fold(0u64, |a, r| a.saturating_add(r.nr_pages));
+        // Addresses stay below 2^57 (5-level paging): anything else is corrupt.
+        const LIMIT: u64 = 1 << 57;
+        if let Some(r) =
+            pm.runs.iter().find(|r| r.vaddr >= LIMIT || r.nr_pages >= LIMIT / PAGE_SIZE - r.vaddr / PAGE_SIZE)
+        {
+            return Err(ImageError::Invalid {
+                path,
+                what: format!("page run at {:#x} of {} pages is outside any address space", r.vaddr, r.nr_pages),
+            });
+        }
         if pm.shards > 16 {
-            return Err(ImageError::Invalid { path, what: format!("{} page shards (crt writes at most 16)", pm.shards) });
+            return Err(ImageError::Invalid {
+                path,
+                what: format!("{} page shards (crt writes at most 16)", pm.shards),
+            });
         }
         if sum != pm.total_pages || pm.page_size != PAGE_SIZE {
             return Err(ImageError::Invalid {
