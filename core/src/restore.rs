@@ -59,7 +59,7 @@ pub enum RestoreError {
     #[error("{0}")]
     Incompatible(String),
     /// A handler the image needs is not available.
-    #[error("the image needs handler {name} {version}{}, which this crt does not have; install that plugin (in /usr/lib/crt or a --plugin-dir) — `crt plugins` lists what is loaded", provider.as_deref().map(|p| format!(" from plugin {p}")).unwrap_or_default())]
+    #[error("the image needs handler {name}{}{}, which this crt does not have; install that plugin (in /usr/lib/crt or a --plugin-dir) — `crt plugins` lists what is loaded", if version.is_empty() { String::new() } else { format!(" {version}") }, provider.as_deref().map(|p| format!(" from plugin {p}")).unwrap_or_default())]
     MissingHandler {
         /// Handler name.
         name: String,
