@@ -81,6 +81,12 @@ pub struct FdDesc {
 
 impl FdDesc {
     /// The file type bits of [`FdDesc::mode`] (`S_IFREG`, `S_IFCHR`, …).
+    ///
+    /// ```
+    /// use crt_plugin_api::FdDesc;
+    /// let fd = FdDesc { mode: 0o020_666, link: "/dev/null".into(), ..Default::default() };
+    /// assert_eq!(fd.file_type(), 0o020_000); // a character device
+    /// ```
     pub fn file_type(&self) -> u32 {
         self.mode & 0o170_000
     }
@@ -124,6 +130,13 @@ impl VmaDesc {
     }
 
     /// True when the area has the given smaps `VmFlags` mnemonic (e.g. `"gd"`).
+    ///
+    /// ```
+    /// use crt_plugin_api::VmaDesc;
+    /// let stack = VmaDesc { start: 0x7ff0_0000, end: 0x7ff2_1000, vm_flags: "rd wr mr mw me gd ac".into(), ..Default::default() };
+    /// assert!(stack.has_vm_flag("gd")); // grows down
+    /// assert_eq!(stack.len(), 0x21000);
+    /// ```
     pub fn has_vm_flag(&self, flag: &str) -> bool {
         self.vm_flags.as_str().split_whitespace().any(|f| f == flag)
     }
@@ -171,6 +184,14 @@ pub struct SyscallArgs {
     pub regs: [u64; 6],
 }
 
+/// ```
+/// use crt_plugin_api::SyscallArgs;
+/// // getpid() takes no arguments; write(1, buf, len) takes three.
+/// let none = SyscallArgs::default();
+/// let write = SyscallArgs::from([1, 0x7fff_0000, 5, 0, 0, 0]);
+/// assert_eq!(write.regs[2], 5);
+/// assert_eq!(none.regs, [0; 6]);
+/// ```
 impl From<[u64; 6]> for SyscallArgs {
     fn from(regs: [u64; 6]) -> Self {
         Self { regs }
@@ -355,6 +376,23 @@ pub type HandlerBox = Handler_TO<'static, abi_stable::std_types::RBox<()>>;
 
 /// Boxes a handler into the ABI-stable object crt stores (what a plugin's
 /// `init` returns in [`PluginInit::Handlers`]).
+///
+/// ```
+/// use crt_plugin_api::abi_stable::std_types::RString;
+/// use crt_plugin_api::{handler_box, FdDesc, Handler, PluginInit};
+///
+/// struct Quiet;
+/// impl Handler for Quiet {
+///     fn name(&self) -> RString { "quiet".into() }
+///     fn version(&self) -> RString { "1.0.0".into() }
+/// }
+///
+/// let h = handler_box(Quiet);
+/// assert_eq!(h.name().as_str(), "quiet");
+/// assert!(!h.claims_fd(&FdDesc::default())); // the default claims nothing
+/// let init = PluginInit::Handlers(vec![h].into());
+/// assert!(matches!(init, PluginInit::Handlers(v) if v.len() == 1));
+/// ```
 pub fn handler_box<H: Handler + 'static>(h: H) -> HandlerBox {
     Handler_TO::from_ptr(abi_stable::std_types::RBox::new(h), abi_stable::sabi_trait::TD_Opaque)
 }
