@@ -2,7 +2,7 @@
 //! frozen task into a page file, and writing them back into a rebuilt one.
 //!
 //! Pages move in large batches: one `process_vm_readv`/`process_vm_writev`
-//! per chunk of up to [`CHUNK`] bytes and [`MAX_IOV`] runs, through one
+//! per chunk of up to [`CHUNK`] bytes and `MAX_IOV` runs, through one
 //! reusable buffer, so crt's own memory stays small whatever the task's size.
 
 use std::fs::File;

@@ -1,4 +1,4 @@
-//! The root module every plugin `.so` exports, and [`declare_plugin!`].
+//! The root module every plugin `.so` exports, and [`declare_plugin!`](crate::declare_plugin).
 
 use abi_stable::library::RootModule;
 use abi_stable::package_version_strings;
@@ -19,7 +19,7 @@ pub enum PluginInit {
     Declined(RString),
 }
 
-/// The root module of a plugin. Build it with [`declare_plugin!`].
+/// The root module of a plugin. Build it with [`declare_plugin!`](crate::declare_plugin).
 ///
 /// This is a *prefix type*: crt releases may append fields after `init`,
 /// and a plugin built against an older `crt-plugin-api` keeps loading.
