@@ -25,6 +25,8 @@ pub const C_WORKLOADS: &[&str] = &[
     "avx",
     "vmas",
     "eventfd_holder",
+    "io_uring_holder",
+    "anon_fds",
     "bigmem",
     "plugin_file",
     "aio_events",

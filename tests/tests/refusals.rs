@@ -17,20 +17,20 @@ fn fds_pointing_to(pid: i32, target: &str) -> Vec<String> {
 }
 
 #[test]
-fn eventfd_is_refused() {
+fn io_uring_is_refused() {
     crt_tests::init!();
-    let w = Workload::spawn("eventfd_holder");
+    let w = Workload::spawn("io_uring_holder");
     let img = TestDir::new("crt-img-");
     w.wait_ready(READY_TIMEOUT);
-    let fds = fds_pointing_to(w.pid(), "anon_inode:[eventfd]");
-    assert_eq!(fds.len(), 1, "eventfd_holder should hold exactly one eventfd: {fds:?}");
+    let fds = fds_pointing_to(w.pid(), "anon_inode:[io_uring]");
+    assert_eq!(fds.len(), 1, "io_uring_holder should hold exactly one io_uring: {fds:?}");
     std::thread::sleep(RUN_BEFORE_DUMP);
 
     let out = dump(&[&w], img.path(), &[]);
     out.assert_failure()
         .assert_stderr_mentions_number(w.pid())
         .assert_stderr_mentions_number(&fds[0])
-        .assert_stderr_contains("eventfd");
+        .assert_stderr_contains("io_uring");
     let snap = DirSnapshot::take(img.path());
     assert!(snap.is_empty(), "a refused dump left files in {}: {snap:?}", img.path().display());
 

@@ -59,6 +59,11 @@ fn eventfd_holder_passes() {
 }
 
 #[test]
+fn io_uring_holder_passes() {
+    selfcheck("io_uring_holder");
+}
+
+#[test]
 fn rust_std_passes() {
     selfcheck(crt_tests::RUST_STD);
 }

@@ -6,12 +6,20 @@
  * the heap pattern is intact.
  *
  * eventfd_holder.c includes this file with WITH_EVENTFD=1 to also hold an
- * eventfd open (an fd kind crt refuses to dump).
+ * eventfd with a counter value (restored by crt's eventfd handler), and
+ * io_uring_holder.c with WITH_IO_URING=1 to hold an io_uring (an fd kind
+ * crt refuses to dump).
  */
 #include "wl_common.h"
 
 #ifndef WITH_EVENTFD
 #define WITH_EVENTFD 0
+#endif
+#ifndef WITH_IO_URING
+#define WITH_IO_URING 0
+#endif
+#if WITH_IO_URING
+#include <sys/syscall.h>
 #endif
 #if WITH_EVENTFD
 #include <sys/eventfd.h>
@@ -68,6 +76,14 @@ int main(int argc, char **argv)
 	uint64_t ev = EVENTFD_VALUE;
 	if (write(efd, &ev, sizeof(ev)) != sizeof(ev))
 		wl_die("write eventfd");
+#endif
+
+#if WITH_IO_URING
+	/* an io_uring: an fd kind crt refuses to dump */
+	uint32_t params[30];
+	memset(params, 0, sizeof params);
+	if (syscall(SYS_io_uring_setup, 4, params) < 0)
+		wl_die("io_uring_setup");
 #endif
 
 	uint64_t ready_count = g_count;

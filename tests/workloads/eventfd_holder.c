@@ -1,4 +1,4 @@
-/* eventfd_holder: the counters workload, plus an eventfd held open (crt must
- * refuse to dump it, naming the pid, the fd number and "eventfd"). */
+/* eventfd_holder: the counters workload, plus an eventfd holding a counter
+ * value that must survive the dump (checked at SIGTERM). */
 #define WITH_EVENTFD 1
 #include "counters.c"

@@ -9,12 +9,17 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::RBox;
 use crt_plugin_api::{FdDesc, Handler, HandlerBox, Handler_TO, VmaDesc};
 
+mod anon;
 mod chardev;
+mod epoll;
+mod eventfd;
 mod filemap;
 mod memfd;
 mod memory;
 mod pipe;
 mod regfile;
+mod signalfd;
+mod timerfd;
 mod unix;
 
 /// A built-in handler, registered with `inventory::submit!`.
