@@ -229,6 +229,12 @@ fn check_supported(forest: &Forest) -> Result<(), DumpError> {
                 what: "its main thread exited while other threads run; crt cannot restore that yet".into(),
             });
         }
+        if !p.zombie {
+            let status = crate::procfs::status(p.pid)?;
+            if let Some(what) = crate::unsupported::check(p.pid, &status) {
+                return Err(DumpError::Unsupported { pid: p.pid, what });
+            }
+        }
         if p.zombie || forest.roots.contains(&p.pid) {
             continue;
         }
@@ -238,6 +244,13 @@ fn check_supported(forest: &Forest) -> Result<(), DumpError> {
                 what: format!("shares {what} with its parent {}; crt cannot restore that yet", p.ppid),
             });
         }
+    }
+    let pids: Vec<i32> = forest.procs.iter().map(|p| p.pid).collect();
+    if let Some((pid, kind)) = crate::unsupported::lock_holders(&pids) {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: format!("holds a file lock ({kind}); crt cannot restore file locks yet, release it before dumping"),
+        });
     }
     Ok(())
 }

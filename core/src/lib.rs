@@ -21,3 +21,4 @@ pub mod restore;
 pub mod sharing;
 pub mod show;
 pub mod task_state;
+pub mod unsupported;

@@ -141,8 +141,8 @@ pub struct Status {
     pub threads: u32,
 }
 
-/// Parses `/proc/<pid>/status`.
-pub fn status(pid: i32) -> Result<Status, ProcError> {
+/// Parses `/proc/<pid>/status` (`who`: a pid, or `"self"` as a string).
+pub fn status(pid: impl std::fmt::Display) -> Result<Status, ProcError> {
     let path = format!("/proc/{pid}/status");
     let s = read(&path)?;
     let mut st = Status::default();

@@ -27,6 +27,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "eventfd_holder",
     "io_uring_holder",
     "anon_fds",
+    "unsupported_state",
     "bigmem",
     "plugin_file",
     "aio_events",

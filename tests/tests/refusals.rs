@@ -40,3 +40,51 @@ fn io_uring_is_refused() {
     std::thread::sleep(RUN_AFTER_RESTORE);
     w.terminate_and_check();
 }
+
+/// State crt cannot restore yet is refused before anything is written, and
+/// the process runs on with that state intact.
+fn refused(mode: &str, needle: &str) {
+    let w = Workload::spawn_with_env("unsupported_state", &[("CRT_UNSUPPORTED", mode)]);
+    let img = TestDir::new("crt-img-");
+    w.wait_ready(READY_TIMEOUT);
+    let out = dump(&[&w], img.path(), &[]);
+    out.assert_failure().assert_stderr_mentions_number(w.pid()).assert_stderr_contains(needle);
+    assert!(DirSnapshot::take(img.path()).is_empty(), "{mode}: files left behind");
+    w.assert_alive(mode);
+    std::thread::sleep(RUN_AFTER_RESTORE);
+    w.terminate_and_check();
+}
+
+#[test]
+fn fcntl_lock_is_refused() {
+    crt_tests::init!();
+    refused("lock", "file lock");
+}
+
+#[test]
+fn flock_is_refused() {
+    crt_tests::init!();
+    refused("flock", "file lock");
+}
+
+#[test]
+fn posix_timer_is_refused() {
+    crt_tests::init!();
+    refused("timer", "POSIX timer");
+}
+
+#[test]
+fn seccomp_is_refused() {
+    crt_tests::init!();
+    refused("seccomp", "seccomp");
+}
+
+#[test]
+fn no_new_privs_survives() {
+    crt_tests::init!();
+    crt_tests::Forest::from_workloads(vec![Workload::spawn_with_env(
+        "unsupported_state",
+        &[("CRT_UNSUPPORTED", "nnp")],
+    )])
+    .roundtrip();
+}

@@ -106,10 +106,20 @@ impl Builder {
         Ok(())
     }
 
-    /// Groups, gids, uids in every thread — last, as they may drop the
-    /// privileges crt needs.
+    /// no_new_privs, groups, gids, uids in every thread — last, as they may
+    /// drop the privileges crt needs.
     pub(super) fn set_creds(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
         let Some(c) = &task.creds else { return Ok(()) };
+        if c.no_new_privs {
+            let threads = std::iter::once(&mut self.p).chain(self.threads.iter_mut());
+            for p in threads {
+                p.call(
+                    "prctl(PR_SET_NO_NEW_PRIVS)",
+                    libc::SYS_prctl,
+                    [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
+                )?;
+            }
+        }
         let st = procfs::status(self.pid)?;
         if st.groups == c.groups && st.gids == c.gids && st.uids == c.uids {
             return Ok(());

@@ -1,0 +1,72 @@
+/*
+ * unsupported_state: counters plus one piece of state chosen by
+ * $CRT_UNSUPPORTED, for the refusal tests:
+ *   lock    — holds an fcntl write lock on a file in its workdir
+ *   flock   — holds a flock
+ *   timer   — has a POSIX timer (timer_create), armed
+ *   seccomp — runs under an allow-everything seccomp filter
+ *   nnp     — sets no_new_privs (restorable: checked at SIGTERM)
+ * At SIGTERM it checks the state is still in place (lock held, timer
+ * armed, filter on, no_new_privs set).
+ */
+#include "wl_common.h"
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+
+int main(int argc, char **argv)
+{
+	wl_init(argc, argv);
+	const char *mode = getenv("CRT_UNSUPPORTED");
+	if (!mode)
+		mode = "none";
+	int fd = open(wl_path("locked"), O_RDWR | O_CREAT, 0644);
+	if (fd < 0)
+		wl_die("open");
+	timer_t tid;
+	if (!strcmp(mode, "lock")) {
+		struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+		if (fcntl(fd, F_SETLK, &fl))
+			wl_die("fcntl lock");
+	} else if (!strcmp(mode, "flock")) {
+		if (flock(fd, LOCK_EX))
+			wl_die("flock");
+	} else if (!strcmp(mode, "timer")) {
+		struct sigevent sev = {.sigev_notify = SIGEV_NONE};
+		struct itimerspec its = {{10, 0}, {10, 0}};
+		if (timer_create(CLOCK_MONOTONIC, &sev, &tid) || timer_settime(tid, 0, &its, NULL))
+			wl_die("timer");
+	} else if (!strcmp(mode, "seccomp")) {
+		struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+		struct sock_fprog prog = {.len = 1, .filter = &allow};
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog))
+			wl_die("seccomp");
+	} else if (!strcmp(mode, "nnp")) {
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+			wl_die("nnp");
+	}
+	uint64_t n = 0, at_ready;
+	at_ready = n;
+	wl_ready();
+	while (!wl_term) {
+		n++;
+		usleep(1000);
+	}
+	if (!strcmp(mode, "nnp") || !strcmp(mode, "seccomp"))
+		WL_CHECK(prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1, "no_new_privs lost");
+	if (!strcmp(mode, "timer")) {
+		struct itimerspec cur;
+		WL_CHECK(timer_gettime(tid, &cur) == 0 && cur.it_value.tv_sec > 0, "timer disarmed");
+	}
+	if (!strcmp(mode, "flock")) {
+		int other = open(wl_path("locked"), O_RDWR);
+		WL_CHECK(flock(other, LOCK_EX | LOCK_NB) != 0, "flock no longer held");
+		close(other);
+	}
+	WL_CHECK(n > at_ready + 20, "only %llu iterations after READY", (unsigned long long)(n - at_ready));
+	if (wl_sabotage && !strcmp(mode, "nnp"))
+		WL_CHECK(0, "sabotage");
+	wl_finish();
+}
