@@ -28,6 +28,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "io_uring_holder",
     "anon_fds",
     "unsupported_state",
+    "tty_writer",
     "bigmem",
     "plugin_file",
     "aio_events",

@@ -20,6 +20,7 @@ mod pipe;
 mod regfile;
 mod signalfd;
 mod timerfd;
+mod tty;
 mod unix;
 
 /// A built-in handler, registered with `inventory::submit!`.
