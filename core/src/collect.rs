@@ -200,6 +200,7 @@ pub fn collect_task(
     }
     let sigactions = task_state::read_sigactions(&mut s.puppet, scratch)?;
     let itimers = task_state::read_itimers(&mut s.puppet, scratch)?;
+    let posix_timers = crate::timers::read(pid, &mut s.puppet, scratch)?;
     let mut mm = task_state::read_mm(pid, &mut s.puppet)?;
     let status = procfs::status(pid)?;
     let stat = procfs::stat(pid)?;
@@ -222,6 +223,7 @@ pub fn collect_task(
             source,
         })?,
         itimers,
+        posix_timers,
         cwd: procfs::link(pid, "cwd")?,
         root: procfs::link(pid, "root")?,
         umask: status.umask,

@@ -21,4 +21,5 @@ pub mod restore;
 pub mod sharing;
 pub mod show;
 pub mod task_state;
+pub mod timers;
 pub mod unsupported;

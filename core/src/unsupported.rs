@@ -1,18 +1,12 @@
 //! State crt cannot restore yet, refused at dump time (before anything is
-//! written) rather than silently lost: POSIX timers, file locks, seccomp
+//! written) rather than silently lost: file locks, seccomp
 //! filters, other namespaces, capabilities restore would not give back.
 
 use crate::procfs::{self, Status};
 
 /// Why `pid` cannot be dumped, if it cannot.
 pub fn check(pid: i32, status: &Status) -> Option<String> {
-    posix_timers(pid).or_else(|| seccomp(pid)).or_else(|| namespaces(pid)).or_else(|| capabilities(status))
-}
-
-fn posix_timers(pid: i32) -> Option<String> {
-    let timers = procfs::read(format!("/proc/{pid}/timers")).ok()?;
-    let n = timers.lines().filter(|l| l.starts_with("ID:")).count();
-    (n > 0).then(|| format!("has {n} POSIX timer(s) (timer_create); crt cannot restore them yet"))
+    seccomp(pid).or_else(|| namespaces(pid)).or_else(|| capabilities(status))
 }
 
 fn seccomp(pid: i32) -> Option<String> {

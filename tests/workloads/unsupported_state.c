@@ -3,7 +3,9 @@
  * $CRT_UNSUPPORTED, for the refusal tests:
  *   lock    — holds an fcntl write lock on a file in its workdir
  *   flock   — holds a flock
- *   timer   — has a POSIX timer (timer_create), armed
+ *   timer   — has a POSIX timer (timer_create, SIGEV_NONE), armed
+ *   timer_sig — a periodic 10 ms POSIX timer delivering SIGUSR1 to a
+ *             counting handler (restorable: ticks must continue)
  *   seccomp — runs under an allow-everything seccomp filter
  *   nnp     — sets no_new_privs (restorable: checked at SIGTERM)
  * At SIGTERM it checks the state is still in place (lock held, timer
@@ -15,6 +17,13 @@
 #include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+
+static volatile sig_atomic_t ticks;
+static void on_tick(int sig)
+{
+	(void)sig;
+	ticks++;
+}
 
 int main(int argc, char **argv)
 {
@@ -38,6 +47,18 @@ int main(int argc, char **argv)
 		struct itimerspec its = {{10, 0}, {10, 0}};
 		if (timer_create(CLOCK_MONOTONIC, &sev, &tid) || timer_settime(tid, 0, &its, NULL))
 			wl_die("timer");
+	} else if (!strcmp(mode, "timer_sig")) {
+		signal(SIGUSR1, on_tick);
+		timer_t first;
+		struct sigevent none = {.sigev_notify = SIGEV_NONE};
+		/* a first timer, deleted: the ids in use are not 0..n-1 */
+		if (timer_create(CLOCK_MONOTONIC, &none, &first) || timer_delete(first))
+			wl_die("timer");
+		struct sigevent sev = {.sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGUSR1};
+		sev.sigev_value.sival_int = 4242;
+		struct itimerspec its = {{0, 10000000}, {0, 10000000}};
+		if (timer_create(CLOCK_MONOTONIC, &sev, &tid) || timer_settime(tid, 0, &its, NULL))
+			wl_die("timer_sig");
 	} else if (!strcmp(mode, "seccomp")) {
 		struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
 		struct sock_fprog prog = {.len = 1, .filter = &allow};
@@ -49,6 +70,7 @@ int main(int argc, char **argv)
 	}
 	uint64_t n = 0, at_ready;
 	at_ready = n;
+	sig_atomic_t ticks_at_ready = ticks;
 	wl_ready();
 	while (!wl_term) {
 		n++;
@@ -59,6 +81,11 @@ int main(int argc, char **argv)
 	if (!strcmp(mode, "timer")) {
 		struct itimerspec cur;
 		WL_CHECK(timer_gettime(tid, &cur) == 0 && cur.it_value.tv_sec > 0, "timer disarmed");
+	}
+	if (!strcmp(mode, "timer_sig")) {
+		struct itimerspec cur;
+		WL_CHECK(timer_gettime(tid, &cur) == 0 && cur.it_interval.tv_nsec == 10000000, "timer lost its id or period");
+		WL_CHECK(ticks > ticks_at_ready + 10, "only %d timer signals after READY", (int)(ticks - ticks_at_ready));
 	}
 	if (!strcmp(mode, "flock")) {
 		int other = open(wl_path("locked"), O_RDWR);

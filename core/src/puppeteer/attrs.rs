@@ -67,6 +67,7 @@ impl Builder {
             ptrace::set_sigmask(t.tid(), img.sigmask)?;
         }
         task_state::write_itimers(&mut self.p, self.scratch + S_ARG, &task.itimers)?;
+        crate::timers::write(&mut self.p, self.scratch + S_ARG, &task.posix_timers)?;
         let pid = self.pid as u64;
         let queue = task
             .shared_pending
