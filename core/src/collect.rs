@@ -201,6 +201,7 @@ pub fn collect_task(
     let sigactions = task_state::read_sigactions(&mut s.puppet, scratch)?;
     let itimers = task_state::read_itimers(&mut s.puppet, scratch)?;
     let posix_timers = crate::timers::read(pid, &mut s.puppet, scratch)?;
+    let (child_subreaper, dumpable, thp_disable) = task_state::read_prctls(&mut s.puppet, scratch)?;
     let mut mm = task_state::read_mm(pid, &mut s.puppet)?;
     let status = procfs::status(pid)?;
     let stat = procfs::stat(pid)?;
@@ -224,6 +225,9 @@ pub fn collect_task(
         })?,
         itimers,
         posix_timers,
+        child_subreaper,
+        dumpable,
+        thp_disable,
         cwd: procfs::link(pid, "cwd")?,
         root: procfs::link(pid, "root")?,
         umask: status.umask,
@@ -351,6 +355,7 @@ fn collect_thread(p: &mut Puppet, scratch: u64) -> Result<pb::Thread, DumpError>
     let mut w = [0u8; 24];
     p.read(scratch, &mut w[..8])?;
     let clear_child_tid = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+    let (pdeathsig, timerslack_ns) = task_state::read_thread_prctls(p, scratch)?;
     p.call("sigaltstack", libc::SYS_sigaltstack, [0, scratch, 0, 0, 0, 0])?;
     p.read(scratch, &mut w)?;
     let word =
@@ -365,6 +370,8 @@ fn collect_thread(p: &mut Puppet, scratch: u64) -> Result<pb::Thread, DumpError>
         clear_child_tid,
         altstack: Some(pb::SigAltStack { sp: word(0), flags: word(8) as i32, size: word(16) }),
         cpu_affinity: Vec::new(), // filled from the session's record
+        pdeathsig,
+        timerslack_ns,
     })
 }
 

@@ -254,6 +254,7 @@ fn build_all<'t>(
         }
         stats.create += t.elapsed().as_secs_f64();
         let mut b = Builder::start(pid, task, parent_pidfd)?;
+        b.is_root = roots.contains(&pid) || !tasks.iter().any(|t| t.task.pid == task.ppid);
         b.set_blobs(ctx.blobs.clone());
         b.after_fork(registry)?;
         b.phase_a(&mut ctx, loaded, stats)?;

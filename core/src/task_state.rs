@@ -92,6 +92,66 @@ pub fn write_itimers(p: &mut Puppet, scratch: u64, timers: &[pb::ITimer]) -> Res
     Ok(())
 }
 
+/// Process-wide prctl attributes, from inside: child subreaper, dumpable,
+/// THP disabled.
+pub fn read_prctls(p: &mut Puppet, scratch: u64) -> Result<(bool, i32, bool), PuppetError> {
+    p.call(
+        "prctl(PR_GET_CHILD_SUBREAPER)",
+        libc::SYS_prctl,
+        [libc::PR_GET_CHILD_SUBREAPER as u64, scratch, 0, 0, 0, 0],
+    )?;
+    let mut b = [0u8; 4];
+    p.read(scratch, &mut b)?;
+    let subreaper = i32::from_le_bytes(b) != 0;
+    let dumpable =
+        p.call("prctl(PR_GET_DUMPABLE)", libc::SYS_prctl, [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0])? as i32;
+    let thp = p.call("prctl(PR_GET_THP_DISABLE)", libc::SYS_prctl, [libc::PR_GET_THP_DISABLE as u64, 0, 0, 0, 0, 0])?;
+    Ok((subreaper, dumpable, thp != 0))
+}
+
+/// Per-thread prctl attributes, from inside: parent-death signal, timer slack.
+pub fn read_thread_prctls(p: &mut Puppet, scratch: u64) -> Result<(i32, u64), PuppetError> {
+    p.call("prctl(PR_GET_PDEATHSIG)", libc::SYS_prctl, [libc::PR_GET_PDEATHSIG as u64, scratch, 0, 0, 0, 0])?;
+    let mut b = [0u8; 4];
+    p.read(scratch, &mut b)?;
+    let slack = p.call("prctl(PR_GET_TIMERSLACK)", libc::SYS_prctl, [libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0, 0])?;
+    Ok((i32::from_le_bytes(b), slack))
+}
+
+/// Sets the process-wide prctl attributes that differ from a new task's.
+pub fn write_prctls(p: &mut Puppet, task: &pb::Task) -> Result<(), PuppetError> {
+    if task.child_subreaper {
+        p.call("prctl(PR_SET_CHILD_SUBREAPER)", libc::SYS_prctl, [libc::PR_SET_CHILD_SUBREAPER as u64, 1, 0, 0, 0, 0])?;
+    }
+    if task.thp_disable {
+        p.call("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, [libc::PR_SET_THP_DISABLE as u64, 1, 0, 0, 0, 0])?;
+    }
+    if task.dumpable == 0 {
+        p.call("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, [libc::PR_SET_DUMPABLE as u64, 0, 0, 0, 0, 0])?;
+    }
+    Ok(())
+}
+
+/// Sets a thread's parent-death signal (not for roots: their parent is now
+/// crt) and timer slack.
+pub fn write_thread_prctls(p: &mut Puppet, t: &pb::Thread, is_root: bool) -> Result<(), PuppetError> {
+    if t.pdeathsig != 0 && !is_root {
+        p.call(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            [libc::PR_SET_PDEATHSIG as u64, t.pdeathsig as u64, 0, 0, 0, 0],
+        )?;
+    }
+    if t.timerslack_ns != 0 {
+        p.call(
+            "prctl(PR_SET_TIMERSLACK)",
+            libc::SYS_prctl,
+            [libc::PR_SET_TIMERSLACK as u64, t.timerslack_ns, 0, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
 /// Reads the rlimits of `pid` from outside.
 pub fn read_rlimits(pid: i32) -> std::io::Result<Vec<pb::Rlimit>> {
     (0..RLIM_NLIMITS)

@@ -29,6 +29,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "anon_fds",
     "unsupported_state",
     "tty_writer",
+    "prctl_state",
     "bigmem",
     "plugin_file",
     "aio_events",

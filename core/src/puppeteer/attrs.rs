@@ -100,9 +100,12 @@ impl Builder {
     /// signal stack, rseq registration.
     pub(super) fn set_thread_state(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
         let scratch = self.scratch + S_ARG;
+        let is_root = self.is_root;
+        task_state::write_prctls(&mut self.p, task)?;
         let threads = std::iter::once(&mut self.p).chain(self.threads.iter_mut());
         for (p, img) in threads.zip(&task.threads) {
             thread_state(p, img, scratch)?;
+            task_state::write_thread_prctls(p, img, is_root)?;
         }
         Ok(())
     }

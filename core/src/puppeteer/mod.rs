@@ -227,6 +227,8 @@ pub struct Builder {
     shares_fs: bool,
     /// Plugin blobs, lent to thread puppets too.
     blobs: Option<crate::puppet::Blobs>,
+    /// A root of the forest (created by crt, not by a restored parent).
+    pub is_root: bool,
 }
 
 fn step<E: std::error::Error + Send + Sync + 'static>(pid: i32, what: &str) -> impl FnOnce(E) -> RestoreError + '_ {
@@ -263,6 +265,7 @@ impl Builder {
             shares_files,
             shares_fs: task.fs_shared_with_parent,
             blobs: None,
+            is_root: false,
         })
     }
 
