@@ -30,6 +30,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "unsupported_state",
     "tty_writer",
     "prctl_state",
+    "inotify_watch",
     "bigmem",
     "plugin_file",
     "aio_events",

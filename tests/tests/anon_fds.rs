@@ -25,3 +25,39 @@ fn anon_fds_checks_can_fail() {
     let why = w.terminate_expect_fail();
     assert!(why.contains("eventfd"), "{why}");
 }
+
+#[test]
+fn inotify_watches_keep_their_descriptors() {
+    crt_tests::init!();
+    let w = Workload::spawn("inotify_watch");
+    w.wait_ready(READY_TIMEOUT);
+    std::thread::sleep(crt_tests::RUN_BEFORE_DUMP);
+    let dir = crt_tests::TestDir::new("crt-inotify-");
+    let img = dir.path().join("img");
+    // An event not yet read at the instant of the freeze makes crt refuse
+    // (it cannot peek inotify events): the operator retries.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let out = crt_tests::dump(&[&w], &img, &[]);
+        if out.success() {
+            break;
+        }
+        assert!(out.stderr.contains("not yet read") && tries < 10, "{}", out.stderr);
+        std::thread::sleep(std::time::Duration::from_millis(3));
+    }
+    let mut r = crt_tests::Restored::start(&img, &[]);
+    r.wait_running(&[&w]);
+    std::thread::sleep(RUN_AFTER_RESTORE);
+    r.finish(&[&w]);
+}
+
+#[test]
+fn inotify_watch_checks_can_fail() {
+    crt_tests::init!();
+    let w = Workload::spawn_with_env("inotify_watch", &[("CRT_WL_SABOTAGE", "1")]);
+    w.wait_ready(READY_TIMEOUT);
+    std::thread::sleep(RUN_AFTER_RESTORE);
+    let why = w.terminate_expect_fail();
+    assert!(why.contains("descriptor") || why.contains("events"), "{why}");
+}
