@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .field_attribute("crt.images.Thread.xsave", HEX)
         .field_attribute("crt.images.SigInfo.raw", HEX)
         .field_attribute("crt.images.Thread.cpu_affinity", HEX)
+        .field_attribute("crt.images.RegFile.ghost_data", HEX)
         .field_attribute("crt.images.UnixInflightFd.blob", HEX)
         .field_attribute("crt.images.Vma.blob", HEX)
         .field_attribute("crt.images.Fd.blob", HEX)

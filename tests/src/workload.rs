@@ -31,6 +31,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "tty_writer",
     "prctl_state",
     "inotify_watch",
+    "ghost_file",
     "bigmem",
     "plugin_file",
     "aio_events",

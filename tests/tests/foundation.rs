@@ -73,3 +73,8 @@ fn leave_running_then_restore() {
     std::thread::sleep(RUN_AFTER_RESTORE);
     r.finish(&[&w]);
 }
+
+#[test]
+fn deleted_open_files_roundtrip() {
+    rt("ghost_file");
+}

@@ -523,3 +523,18 @@ fn unix_scm_passes() {
 fn unix_scm_detects_a_consumed_message() {
     sabotaged("unix_scm", "C: plain prefix: got 8 bytes, want 100");
 }
+
+#[test]
+fn ghost_file_passes() {
+    selfcheck("ghost_file");
+}
+
+#[test]
+fn ghost_file_detects_overwritten_records() {
+    crt_tests::init!();
+    let w = Workload::spawn_with_env("ghost_file", &[("CRT_WL_SABOTAGE", "1")]);
+    w.wait_ready(READY_TIMEOUT);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let why = w.terminate_expect_fail();
+    assert!(why.contains("bytes") || why.contains("record"), "{why}");
+}

@@ -3,6 +3,11 @@
 //! The size at dump time is recorded; at restore a file of another size is
 //! refused (the task would read or overwrite the wrong bytes), except a file
 //! opened with `O_APPEND` that has only grown, such as a log.
+//!
+//! A file deleted while open (`tmpfile()`, a temporary unlinked after
+//! opening) is a *ghost*: its contents (up to [`GHOST_MAX`]) go in the
+//! record, and restore recreates it as an unnamed file (`O_TMPFILE`) in the
+//! same directory (or the system temporary directory if that is gone).
 
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
 use crt_plugin_api::{FdDesc, Handler, TaskRef};
@@ -26,7 +31,7 @@ impl Handler for RegFile {
     }
 
     fn claims(&self) -> RString {
-        "fd: regular files opened by path (not deleted ones)".into()
+        "fd: regular files opened by path; deleted ones up to 64 MiB with their contents".into()
     }
 
     fn claims_fd(&self, fd: &FdDesc) -> bool {
@@ -42,10 +47,13 @@ impl Handler for RegFile {
     }
 }
 
+/// Largest deleted-but-open file crt stores.
+pub const GHOST_MAX: i64 = 64 << 20;
+
 /// The record of the regular file `fd` (also used by the unix handler for files in flight).
 pub(crate) fn dump_blob(fd: &FdDesc) -> Result<Vec<u8>, String> {
     if is_deleted(&fd.link) {
-        return Err(format!("{} was deleted while open; crt cannot restore deleted files", fd.link));
+        return ghost_blob(fd);
     }
     let img = pb::RegFile {
         path: fd.link.to_string(),
@@ -56,13 +64,70 @@ pub(crate) fn dump_blob(fd: &FdDesc) -> Result<Vec<u8>, String> {
         dev: fd.dev,
         ino: fd.ino,
         mtime_ns: fd.mtime_ns,
+        ..Default::default()
     };
     Ok(img.encode_to_vec())
+}
+
+/// A deleted file's record, with its contents.
+fn ghost_blob(fd: &FdDesc) -> Result<Vec<u8>, String> {
+    if fd.size > GHOST_MAX {
+        return Err(format!(
+            "{} was deleted while open and holds {} bytes; crt stores deleted files up to {GHOST_MAX} bytes",
+            fd.link, fd.size
+        ));
+    }
+    let via = format!("/proc/{}/fd/{}", fd.pid, fd.fd);
+    let data = std::fs::read(&via).map_err(|e| format!("reading deleted file {} through {via}: {e}", fd.link))?;
+    let img = pb::RegFile {
+        path: fd.link.strip_suffix(" (deleted)").unwrap_or(&fd.link).to_string(),
+        flags: fd.flags,
+        pos: fd.pos,
+        mode: fd.mode,
+        size: data.len() as i64,
+        dev: fd.dev,
+        ino: fd.ino,
+        mtime_ns: fd.mtime_ns,
+        ghost: true,
+        ghost_data: data,
+    };
+    Ok(img.encode_to_vec())
+}
+
+/// Recreates a deleted file as an unnamed file with its contents, then
+/// opens it with the dumped flags; returns that fd.
+fn restore_ghost(img: &pb::RegFile) -> Result<i32, String> {
+    use std::io::Write;
+    let dir = std::path::Path::new(&img.path).parent().filter(|d| d.is_dir()).map(|d| d.to_path_buf());
+    let dir = dir.unwrap_or_else(std::env::temp_dir);
+    let c = std::ffi::CString::new(dir.to_string_lossy().as_bytes()).map_err(|_| "path with NUL".to_string())?;
+    // SAFETY: valid C string; O_TMPFILE creates an unnamed file in `dir`.
+    let tmp = unsafe { libc::open(c.as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, img.mode & 0o7777) };
+    if tmp < 0 {
+        return Err(format!(
+            "recreating deleted file {} in {}: {}",
+            img.path,
+            dir.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: just created and owned here.
+    let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(tmp) };
+    f.write_all(&img.ghost_data).map_err(|e| format!("refilling deleted file {}: {e}", img.path))?;
+    // The dumped access mode and flags, on a new description of that file.
+    let own = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
+    let fd = open_raw(&own, img.flags as i32 & !REOPEN_STRIP)?;
+    // SAFETY: lseek on the fd we just opened.
+    unsafe { libc::lseek(fd, img.pos, libc::SEEK_SET) };
+    Ok(fd)
 }
 
 /// Reopens the file of a [`dump_blob`] record at its flags and offset; the caller owns the fd.
 pub(crate) fn restore(blob: &[u8]) -> Result<i32, String> {
     let img = pb::RegFile::decode(blob).map_err(|e| format!("corrupt regfile record: {e}"))?;
+    if img.ghost {
+        return restore_ghost(&img);
+    }
     let fd = open_raw(&img.path, img.flags as i32 & !REOPEN_STRIP)?;
     // SAFETY: fd was just opened by us and is owned here.
     let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
