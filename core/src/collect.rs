@@ -228,6 +228,7 @@ pub fn collect_task(
         child_subreaper,
         dumpable,
         thp_disable,
+        cgroups: crate::cgroups::read(pid),
         cwd: procfs::link(pid, "cwd")?,
         root: procfs::link(pid, "root")?,
         umask: status.umask,

@@ -3,6 +3,7 @@
 //! The pipelines live in [`dump`] and [`restore`]; everything they use is
 //! one module per concern (see `docs/internals.md`).
 pub mod affinity;
+pub mod cgroups;
 pub mod check;
 pub mod cli;
 pub mod collect;

@@ -253,6 +253,8 @@ fn build_all<'t>(
             }
         }
         stats.create += t.elapsed().as_secs_f64();
+        crate::cgroups::join(pid, &task.cgroups)
+            .map_err(|e| RestoreError::step(pid, "joining its cgroups", std::io::Error::other(e)))?;
         let mut b = Builder::start(pid, task, parent_pidfd)?;
         b.is_root = roots.contains(&pid) || !tasks.iter().any(|t| t.task.pid == task.ppid);
         b.set_blobs(ctx.blobs.clone());

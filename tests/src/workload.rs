@@ -32,6 +32,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "prctl_state",
     "inotify_watch",
     "ghost_file",
+    "chrooted",
     "bigmem",
     "plugin_file",
     "aio_events",

@@ -110,9 +110,15 @@ impl Builder {
         Ok(())
     }
 
-    /// no_new_privs, groups, gids, uids in every thread — last, as they may
-    /// drop the privileges crt needs.
+    /// chroot; no_new_privs, groups, gids, uids in every thread — last, as
+    /// they may drop the privileges crt needs.
     pub(super) fn set_creds(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
+        if !task.root.is_empty() && task.root != "/" {
+            let mut root = task.root.clone().into_bytes();
+            root.push(0);
+            self.p.write(self.scratch + S_ARG, &root)?;
+            self.p.call("chroot", libc::SYS_chroot, [self.scratch + S_ARG, 0, 0, 0, 0, 0])?;
+        }
         let Some(c) = &task.creds else { return Ok(()) };
         if c.no_new_privs {
             let threads = std::iter::once(&mut self.p).chain(self.threads.iter_mut());
