@@ -26,6 +26,19 @@ static void sendp(int fd, int id, size_t len, const struct sockaddr_un *to, sock
 		wl_die("send %d", id);
 }
 
+/* Datagram `id` must come from the socket named `from` (`fl` bytes of address). */
+static void expect_from(int fd, int id, size_t len, const struct sockaddr_un *from, socklen_t fl)
+{
+	unsigned char buf[8192];
+	struct sockaddr_un a;
+	socklen_t al = sizeof a;
+	memset(&a, 0, sizeof a);
+	ssize_t r = recvfrom(fd, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&a, &al);
+	WL_CHECK(r == (ssize_t)len, "R: datagram %d has %zd bytes, want %zu", id, r, len);
+	WL_CHECK(al == fl && memcmp(a.sun_path, from->sun_path, fl - offsetof(struct sockaddr_un, sun_path)) == 0,
+		 "R: datagram %d lost its sender's address (got %u bytes of address)", id, (unsigned)al);
+}
+
 static void expectp(int fd, int id, size_t len, const char *what)
 {
 	unsigned char buf[8192];
@@ -90,7 +103,7 @@ int main(int argc, char **argv)
 	expectp(d[0], 4, 77, "D[0]");
 	expectp(d[0], 5, 1500, "D[0]");
 	expectp(r, 10, 100, "R");
-	expectp(r, 11, 200, "R");
+	expect_from(r, 11, 200, &na, nl);
 	expectp(r, 12, 300, "R");
 	expectp(r, 13, 2500, "R");
 	expectp(r, 14, 1, "R");

@@ -717,10 +717,47 @@ impl Made {
         }
         for (i, m) in s.queue.iter().enumerate() {
             let fds: Vec<_> = carried.get(i).into_iter().flatten().map(|f| f.as_fd()).collect();
-            queue::send(writer, &m.data, &fds, dest.as_deref(), typ == libc::SOCK_STREAM)
+            // An unconnected receiver sees who sent each datagram: send it
+            // from the sender's name when crt can take that name.
+            let sender = match (&dest, m.sender.is_empty()) {
+                (Some(_), false) => self.sender_socket(&m.sender),
+                _ => None,
+            };
+            let from = sender.as_ref().map(|(f, _)| f.as_fd()).unwrap_or(writer);
+            queue::send(from, &m.data, &fds, dest.as_deref(), typ == libc::SOCK_STREAM)
                 .map_err(|e| format!("socket:[{}]: {e}", me.ino))?;
+            if let Some((_, Some(path))) = sender {
+                let _ = std::fs::remove_file(path);
+            }
         }
         Ok(())
+    }
+
+    /// A datagram socket bound to `name` to replay a queued datagram from:
+    /// a restored socket that has that name, or a temporary one (with the
+    /// socket file to remove afterwards for a pathname; a stale socket file
+    /// there is replaced). None when a live socket holds the name: the
+    /// datagram is then sent unnamed.
+    fn sender_socket(&self, name: &[u8]) -> Option<(OwnedFd, Option<std::path::PathBuf>)> {
+        if let Some(ino) = self.bound.iter().find(|(_, n)| n.as_slice() == name).map(|(i, _)| *i) {
+            if let Ok(fd) = self.fd(ino) {
+                return fd.try_clone_to_owned().ok().map(|f| (f, None));
+            }
+        }
+        let tmp = queue::socket(libc::SOCK_DGRAM).ok()?;
+        let path =
+            (name.first() != Some(&0)).then(|| std::path::PathBuf::from(String::from_utf8_lossy(name).into_owned()));
+        if queue::bind(tmp.as_fd(), name).is_err() {
+            // A socket file nobody listens on any more is stale: replace it.
+            let probe = queue::socket(libc::SOCK_DGRAM).ok()?;
+            let stale = path.is_some() && queue::connect(probe.as_fd(), name).is_err();
+            if !stale {
+                return None;
+            }
+            std::fs::remove_file(path.as_ref()?).ok()?;
+            queue::bind(tmp.as_fd(), name).ok()?;
+        }
+        Some((tmp, path))
     }
 
     /// Buffer sizes and shutdowns, once every queue is full.
