@@ -33,6 +33,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "inotify_watch",
     "ghost_file",
     "chrooted",
+    "inet_server",
     "bigmem",
     "plugin_file",
     "aio_events",

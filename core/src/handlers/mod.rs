@@ -14,6 +14,7 @@ mod chardev;
 mod epoll;
 mod eventfd;
 mod filemap;
+mod inet;
 mod inotify;
 mod memfd;
 mod memory;
