@@ -150,13 +150,3 @@ fn declining_plugin_does_not_fail_the_dump() {
     w.assert_alive("after --leave-running");
     w.terminate_and_check();
 }
-
-#[test]
-fn plugin_file_workload_checks_can_fail() {
-    crt_tests::init!();
-    let w = Workload::spawn_with_env("plugin_file", &[("CRT_WL_SABOTAGE", "1")]);
-    w.wait_ready(READY_TIMEOUT);
-    std::thread::sleep(RUN_AFTER_RESTORE);
-    let why = w.terminate_expect_fail();
-    assert!(why.contains("record") || why.contains("bytes"), "{why}");
-}

@@ -531,10 +531,35 @@ fn ghost_file_passes() {
 
 #[test]
 fn ghost_file_detects_overwritten_records() {
-    crt_tests::init!();
-    let w = Workload::spawn_with_env("ghost_file", &[("CRT_WL_SABOTAGE", "1")]);
-    w.wait_ready(READY_TIMEOUT);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let why = w.terminate_expect_fail();
-    assert!(why.contains("bytes") || why.contains("record"), "{why}");
+    sabotaged("ghost_file", "bytes");
+}
+
+#[test]
+fn anon_fds_detects_a_consumed_eventfd_unit() {
+    sabotaged("anon_fds", "eventfd");
+}
+
+#[test]
+fn inotify_watch_detects_a_lost_watch() {
+    sabotaged("inotify_watch", "descriptor");
+}
+
+#[test]
+fn chrooted_detects_another_root() {
+    sabotaged("chrooted", "another directory");
+}
+
+#[test]
+fn plugin_file_detects_overwritten_records() {
+    sabotaged("plugin_file", "bytes");
+}
+
+#[test]
+fn prctl_state_detects_a_lost_subreaper() {
+    sabotaged("prctl_state", "subreaper");
+}
+
+#[test]
+fn unix_unlinked_detects_a_visible_path() {
+    sabotaged("unix_unlinked", "exists again");
 }
