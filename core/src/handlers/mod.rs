@@ -199,3 +199,23 @@ const REOPEN_STRIP: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O
 fn is_deleted(link: &str) -> bool {
     link.ends_with(" (deleted)")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Registry;
+
+    /// `crt plugins` shows what each handler claims; none may leave it blank,
+    /// and names must be unique (restore looks handlers up by name).
+    #[test]
+    fn every_builtin_says_what_it_claims() {
+        let reg = Registry::builtin();
+        let mut names = reg.names();
+        for h in reg.all() {
+            assert!(!h.claims().trim().is_empty(), "built-in handler {} does not say what it claims", h.name());
+        }
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n, "duplicate built-in handler names");
+    }
+}

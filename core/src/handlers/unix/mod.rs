@@ -797,6 +797,10 @@ impl Handler for Unix {
         BUILTIN_VERSION.into()
     }
 
+    fn claims(&self) -> RString {
+        "fd: unix sockets (stream, seqpacket, datagram) with both ends, queued bytes and fds in flight".into()
+    }
+
     fn claims_fd(&self, fd: &FdDesc) -> bool {
         if fd.file_type() != libc::S_IFSOCK || !fd.link.starts_with("socket:[") {
             return false;
