@@ -51,8 +51,15 @@ impl RootModule for PluginModRef {
 /// Exports a plugin's root module. Use it once, at the root of a `cdylib`
 /// crate that depends on `crt-plugin-api` only.
 ///
-/// ```ignore
+/// ```no_run
 /// use crt_plugin_api::{declare_plugin, PluginInit, handler_box};
+/// # use crt_plugin_api::{abi_stable::std_types::RString, Handler};
+/// # #[derive(Default)]
+/// # struct MyDevice;
+/// # impl Handler for MyDevice {
+/// #     fn name(&self) -> RString { "mydev".into() }
+/// #     fn version(&self) -> RString { "1.0.0".into() }
+/// # }
 ///
 /// fn init() -> PluginInit {
 ///     if !std::path::Path::new("/dev/mydev").exists() {
