@@ -132,6 +132,16 @@ impl Session {
 
 /// Queues signals back into the task they were taken from.
 fn requeue(p: &mut Puppet, pid: i32, tid: i32, infos: &[[u8; ptrace::SIGINFO_LEN]]) -> Result<(), PuppetError> {
+    // Blocked while crt queues, so the next injection does not take the
+    // signal just queued off again; the thread's own mask comes back after.
+    let mask = ptrace::get_sigmask(pid)?;
+    ptrace::set_sigmask(pid, !0)?;
+    let r = queue_signals(p, pid, tid, infos);
+    ptrace::set_sigmask(pid, mask)?;
+    r
+}
+
+fn queue_signals(p: &mut Puppet, pid: i32, tid: i32, infos: &[[u8; ptrace::SIGINFO_LEN]]) -> Result<(), PuppetError> {
     // The siginfo goes on the task's stack, below the red zone.
     let regs = ptrace::get_regs(pid)?;
     let at = (regs.rsp - 128 - ptrace::SIGINFO_LEN as u64) & !15;

@@ -246,32 +246,6 @@ pub fn prctl_mm_map(mm: &pb::MmState, auxv_addr: u64, exe_fd: u32) -> Vec<u8> {
     b
 }
 
-/// Applies `ERESTART*` fix-ups to registers captured inside an interrupted
-/// syscall, so the restored task re-enters it (or `restart_syscall`).
-pub fn restart_fixup(regs: &mut libc::user_regs_struct) {
-    const ERESTARTSYS: i64 = 512;
-    const ERESTARTNOINTR: i64 = 513;
-    const ERESTARTNOHAND: i64 = 514;
-    const ERESTART_RESTARTBLOCK: i64 = 516;
-    if (regs.orig_rax as i64) < 0 {
-        return;
-    }
-    match -(regs.rax as i64) {
-        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
-            regs.rax = regs.orig_rax;
-            regs.rip -= 2;
-        }
-        ERESTART_RESTARTBLOCK => {
-            // The kernel's restart block did not survive; restart_syscall
-            // then returns EINTR, which sleeps handle by retrying.
-            regs.rax = libc::SYS_restart_syscall as u64;
-            regs.rip -= 2;
-        }
-        _ => {}
-    }
-    regs.orig_rax = u64::MAX;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,21 +259,5 @@ mod tests {
         assert_eq!(&b[88..96], &0x1000u64.to_le_bytes());
         assert_eq!(&b[96..100], &32u32.to_le_bytes());
         assert_eq!(&b[100..104], &7u32.to_le_bytes());
-    }
-
-    #[test]
-    fn fixup_pause_and_nanosleep() {
-        // SAFETY: plain integers, all-zero is valid.
-        let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-        r.orig_rax = libc::SYS_pause as u64;
-        r.rax = (-514i64) as u64;
-        r.rip = 0x1002;
-        restart_fixup(&mut r);
-        assert_eq!((r.rax, r.rip), (libc::SYS_pause as u64, 0x1000));
-        r.orig_rax = libc::SYS_nanosleep as u64;
-        r.rax = (-516i64) as u64;
-        r.rip = 0x2002;
-        restart_fixup(&mut r);
-        assert_eq!((r.rax, r.rip), (libc::SYS_restart_syscall as u64, 0x2000));
     }
 }

@@ -78,3 +78,63 @@ fn leave_running_then_restore() {
 fn deleted_open_files_roundtrip() {
     rt("ghost_file");
 }
+
+/// A signal pending when the restored task resumes must interrupt the
+/// syscall it was frozen in, as it would have without the freeze: `pauser`
+/// sits in `pause()`; a SIGUSR1 is added to its pending signals in the image,
+/// so restore queues it before the task runs. The kernel must run the handler
+/// and make `pause()` return EINTR (one `WOKE`), not re-enter `pause()` with
+/// the signal already consumed (no `WOKE`: the workload sleeps on).
+#[test]
+fn pending_signal_interrupts_the_frozen_syscall() {
+    use crt_core::images::{pb, ImageDir, Kind};
+    crt_tests::init!();
+    let w = Workload::spawn("pauser");
+    let img = TestDir::new("crt-img-");
+    w.wait_ready(READY_TIMEOUT);
+    std::thread::sleep(RUN_BEFORE_DUMP);
+    dump(&[&w], img.path(), &[]).assert_success();
+
+    let dir = ImageDir::new(img.path());
+    let mut task = dir.read_task(w.pid()).unwrap();
+    let mut raw = vec![0u8; 128];
+    raw[0..4].copy_from_slice(&libc::SIGUSR1.to_le_bytes());
+    raw[8..12].copy_from_slice(&libc::SI_QUEUE.to_le_bytes());
+    task.shared_pending.push(pb::SigInfo { raw });
+    dir.write_msg(&dir.task_path(w.pid()), Kind::Task, &task).unwrap();
+
+    let woke = w.log_count("WOKE");
+    let mut r = Restored::start(img.path(), &[]);
+    r.wait_running(&[&w]);
+    w.wait_log_count("WOKE", woke + 1, std::time::Duration::from_secs(5));
+    r.finish(&[&w]);
+}
+
+/// A signal sent to a process while crt is still rebuilding it is neither
+/// lost nor delivered early: crt holds `pauser` for a second after
+/// rebuilding its memory and files (`CRT_FAULT=restore-after-task:sleep=1000`),
+/// the test sends SIGUSR1 then, and after the resume `pause()` must return
+/// EINTR once (`WOKE`), though crt ran syscalls inside the process meanwhile.
+#[test]
+fn signal_sent_during_restore_arrives_after_it() {
+    use std::time::Duration;
+    crt_tests::init!();
+    let w = Workload::spawn("pauser");
+    let img = TestDir::new("crt-img-");
+    w.wait_ready(READY_TIMEOUT);
+    std::thread::sleep(RUN_BEFORE_DUMP);
+    dump(&[&w], img.path(), &[]).assert_success();
+
+    let woke = w.log_count("WOKE");
+    let mut r = Restored::start_env(img.path(), &[], &[("CRT_FAULT", "restore-after-task:sleep=1000")]);
+    let crt = r.pid().to_string();
+    let held = crt_tests::poll_until(READY_TIMEOUT, || {
+        crt_tests::proc_status_field(w.pid(), "TracerPid").as_deref() == Some(crt.as_str())
+    });
+    assert!(held, "pid {} never appeared under crt restore", w.pid());
+    std::thread::sleep(Duration::from_millis(200));
+    crt_tests::send_signal(w.pid(), libc::SIGUSR1);
+    r.wait_running(&[&w]);
+    w.wait_log_count("WOKE", woke + 1, Duration::from_secs(5));
+    r.finish(&[&w]);
+}

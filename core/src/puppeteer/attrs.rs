@@ -62,10 +62,6 @@ impl Builder {
             .cloned()
             .collect();
         task_state::write_sigactions(&mut self.p, self.scratch + S_ARG, &changed)?;
-        ptrace::set_sigmask(self.pid, task.threads[0].sigmask)?;
-        for (t, img) in self.threads.iter().zip(task.threads.iter().skip(1)) {
-            ptrace::set_sigmask(t.tid(), img.sigmask)?;
-        }
         task_state::write_itimers(&mut self.p, self.scratch + S_ARG, &task.itimers)?;
         crate::timers::write(&mut self.p, self.scratch + S_ARG, &task.posix_timers)?;
         let pid = self.pid as u64;
@@ -161,12 +157,16 @@ impl Builder {
         self.p.call("munmap(scratch)", libc::SYS_munmap, [self.scratch, SCRATCH_LEN, 0, 0, 0, 0])?;
         let tids = std::iter::once(self.pid).chain(self.threads.iter().map(Puppet::tid));
         for (tid, img) in tids.zip(&task.threads) {
-            let Some(mut regs) = ptrace::regs_from_bytes(&img.regs) else {
-                unreachable!("check_task verified the size")
-            };
-            task_state::restart_fixup(&mut regs);
+            // The registers go back as dumped, `-ERESTART*` in `rax` included:
+            // every thread sits in a signal-delivery stop (the SIGTRAP of its
+            // last injected syscall), so after the detach the kernel itself
+            // restarts the interrupted syscall, or turns it into EINTR when a
+            // signal that arrived meanwhile runs a handler, as if never frozen.
+            let Some(regs) = ptrace::regs_from_bytes(&img.regs) else { unreachable!("check_task verified the size") };
             ptrace::set_xsave(tid, &img.xsave)?;
             ptrace::set_regs(tid, &regs)?;
+            // No injection follows: signals pending now are delivered at resume.
+            ptrace::set_sigmask(tid, img.sigmask)?;
             // The task was built pinned to crt's CPU: give it back its own CPUs.
             if !img.cpu_affinity.is_empty() {
                 if let Err(e) = crate::affinity::set(tid, &img.cpu_affinity) {

@@ -245,6 +245,12 @@ impl Builder {
     pub fn start(pid: i32, task: &pb::Task, parent_pidfd: Option<u64>) -> Result<Self, RestoreError> {
         let regs = ptrace::get_regs(pid)?;
         let gadget = puppet::find_gadget(pid)?;
+        // Every signal stays blocked while crt works inside the process
+        // (its threads and children inherit the mask): a signal queued by
+        // the image or sent from outside stays pending instead of being
+        // taken off the queue by an injected syscall. `finish` sets the
+        // dumped masks last.
+        ptrace::set_sigmask(pid, !0)?;
         let mut p = Puppet::new(pid, regs, gadget);
         let me = u64::from(std::process::id());
         let shares_files = task.files_shared_with_parent;
@@ -440,7 +446,9 @@ impl Builder {
             regs.rdi = ((status >> 8) & 0xff) as u64;
         } else {
             let sig = (status & 0x7f) as u64;
-            // A default action and no core file: it dies of `sig`, quietly.
+            // A default action and no core file: it dies of `sig`, quietly
+            // (unblocked: it inherited crt's all-blocked mask).
+            ptrace::set_sigmask(pid, 0)?;
             let mut child = Puppet::new(pid, regs, self.p.gadget());
             child.write(self.scratch + S_ARG, &[0u8; 32])?;
             child.call("rt_sigaction", libc::SYS_rt_sigaction, [sig, self.scratch + S_ARG, 0, 8, 0, 0])?;
