@@ -138,3 +138,31 @@ fn signal_sent_during_restore_arrives_after_it() {
     w.wait_log_count("WOKE", woke + 1, Duration::from_secs(5));
     r.finish(&[&w]);
 }
+
+/// A signal sent while crt holds a process during `dump --leave-running`
+/// reaches it after the release: crt's own syscalls inside the process
+/// take it off the queue, and crt must queue it back. `pauser` gets SIGUSR1
+/// while crt is held at `dump-after-collect`; it must then wake once.
+#[test]
+fn signals_sent_during_dump_arrive_after_it() {
+    use std::time::Duration;
+    crt_tests::init!();
+    let w = Workload::spawn("pauser");
+    let img = TestDir::new("crt-img-");
+    w.wait_ready(READY_TIMEOUT);
+    let pid = w.pid();
+    let sender = std::thread::spawn(move || {
+        let frozen = crt_tests::poll_until(READY_TIMEOUT, || {
+            crt_tests::proc_status_field(pid, "TracerPid").is_some_and(|t| t != "0")
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        crt_tests::send_signal(pid, libc::SIGUSR1);
+        frozen
+    });
+    let woke = w.log_count("WOKE");
+    crt_tests::dump_env(&[&w], img.path(), &["--leave-running"], &[("CRT_FAULT", "dump-after-collect:sleep=1500")])
+        .assert_success();
+    assert!(sender.join().unwrap(), "crt dump never held pid {pid}");
+    w.wait_log_count("WOKE", woke + 1, Duration::from_secs(5));
+    w.terminate_and_check();
+}
