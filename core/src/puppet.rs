@@ -243,6 +243,12 @@ impl Puppet {
                     // syscall is still running; the next step finishes it.
                     let _ = event;
                 }
+                Stop::Stopped { event, .. } if event == libc::PTRACE_EVENT_STOP => {
+                    // A job-control notification (SIGCONT, SIGSTOP sent to
+                    // the seized task), not the step: the step's SIGTRAP may
+                    // still be queued, and would kill the task after the
+                    // detach. Step on; the next stop takes it.
+                }
                 Stop::Stopped { sig, event } => {
                     let now = ptrace::get_regs(self.tid)?;
                     if sig != libc::SIGTRAP && event == 0 {

@@ -139,10 +139,12 @@ fn signal_sent_during_restore_arrives_after_it() {
     r.finish(&[&w]);
 }
 
-/// A signal sent while crt holds a process during `dump --leave-running`
-/// reaches it after the release: crt's own syscalls inside the process
-/// take it off the queue, and crt must queue it back. `pauser` gets SIGUSR1
-/// while crt is held at `dump-after-collect`; it must then wake once.
+/// Signals sent while crt holds a process during `dump --leave-running`
+/// reach it after the release and do no harm: crt's own syscalls inside the
+/// process take them off the queue, and crt must queue each back. `pauser`
+/// gets SIGUSR1 and SIGCONT while crt is held at `dump-after-collect`; it
+/// must survive (a SIGCONT once left the step's SIGTRAP queued, which killed
+/// it) and wake once for the SIGUSR1.
 #[test]
 fn signals_sent_during_dump_arrive_after_it() {
     use std::time::Duration;
@@ -157,6 +159,7 @@ fn signals_sent_during_dump_arrive_after_it() {
         });
         std::thread::sleep(Duration::from_millis(300));
         crt_tests::send_signal(pid, libc::SIGUSR1);
+        crt_tests::send_signal(pid, libc::SIGCONT);
         frozen
     });
     let woke = w.log_count("WOKE");
