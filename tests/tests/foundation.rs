@@ -79,6 +79,16 @@ fn deleted_open_files_roundtrip() {
     rt("ghost_file");
 }
 
+/// `pauser`, settled in `pause()`, dumped (and killed); with its image.
+fn dumped_pauser() -> (Workload, TestDir) {
+    let w = Workload::spawn("pauser");
+    let img = TestDir::new("crt-img-");
+    w.wait_ready(READY_TIMEOUT);
+    std::thread::sleep(RUN_BEFORE_DUMP);
+    dump(&[&w], img.path(), &[]).assert_success();
+    (w, img)
+}
+
 /// A signal pending when the restored task resumes must interrupt the
 /// syscall it was frozen in, as it would have without the freeze: `pauser`
 /// sits in `pause()`; a SIGUSR1 is added to its pending signals in the image,
@@ -89,11 +99,7 @@ fn deleted_open_files_roundtrip() {
 fn pending_signal_interrupts_the_frozen_syscall() {
     use crt_core::images::{pb, ImageDir, Kind};
     crt_tests::init!();
-    let w = Workload::spawn("pauser");
-    let img = TestDir::new("crt-img-");
-    w.wait_ready(READY_TIMEOUT);
-    std::thread::sleep(RUN_BEFORE_DUMP);
-    dump(&[&w], img.path(), &[]).assert_success();
+    let (w, img) = dumped_pauser();
 
     let dir = ImageDir::new(img.path());
     let mut task = dir.read_task(w.pid()).unwrap();
@@ -119,11 +125,7 @@ fn pending_signal_interrupts_the_frozen_syscall() {
 fn signal_sent_during_restore_arrives_after_it() {
     use std::time::Duration;
     crt_tests::init!();
-    let w = Workload::spawn("pauser");
-    let img = TestDir::new("crt-img-");
-    w.wait_ready(READY_TIMEOUT);
-    std::thread::sleep(RUN_BEFORE_DUMP);
-    dump(&[&w], img.path(), &[]).assert_success();
+    let (w, img) = dumped_pauser();
 
     let woke = w.log_count("WOKE");
     let mut r = Restored::start_env(img.path(), &[], &[("CRT_FAULT", "restore-after-task:sleep=1000")]);

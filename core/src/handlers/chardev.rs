@@ -33,14 +33,7 @@ impl Handler for CharDev {
     }
 
     fn dump_fd(&self, _task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
-        let img = pb::RegFile {
-            path: fd.link.to_string(),
-            flags: fd.flags,
-            mode: fd.mode,
-            dev: fd.rdev,
-            ..Default::default()
-        };
-        RResult::ROk(img.encode_to_vec().into())
+        RResult::ROk(device_blob(fd))
     }
 
     fn restore_fd(&self, _task: TaskRef<'_>, _fd: i32, blob: RSlice<'_, u8>) -> RResult<i32, RString> {
@@ -53,4 +46,12 @@ impl Handler for CharDev {
             });
         r.map_err(RString::from).into()
     }
+}
+
+/// The record of a character device fd (also the `tty` handler's): its
+/// path, open flags, mode and device number.
+pub(super) fn device_blob(fd: &FdDesc) -> RVec<u8> {
+    let img =
+        pb::RegFile { path: fd.link.to_string(), flags: fd.flags, mode: fd.mode, dev: fd.rdev, ..Default::default() };
+    img.encode_to_vec().into()
 }

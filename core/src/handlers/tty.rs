@@ -40,14 +40,7 @@ impl Handler for Tty {
     }
 
     fn dump_fd(&self, _task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
-        let img = pb::RegFile {
-            path: fd.link.to_string(),
-            flags: fd.flags,
-            mode: fd.mode,
-            dev: fd.rdev,
-            ..Default::default()
-        };
-        RResult::ROk(img.encode_to_vec().into())
+        RResult::ROk(super::chardev::device_blob(fd))
     }
 
     fn restore_fd(&self, _task: TaskRef<'_>, _fd: i32, blob: RSlice<'_, u8>) -> RResult<i32, RString> {
