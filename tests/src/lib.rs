@@ -12,8 +12,21 @@
 //! - on SIGTERM it verifies its state (including that `getpid()` did not
 //!   change) and prints `PASS` or `FAIL: <reason>` as its last line, exiting
 //!   0 or 1. Failed checks also appear as `CHECK FAILED: ...` lines.
+//! - it drains: a workload whose checks need progress (iterations since
+//!   READY, or since the last stall, i.e. the dump/restore gap) goes on
+//!   working, and checking, after SIGTERM until it has made that progress
+//!   (`wl_keep_going` in `wl_common.h`), for at most 15 s (1 s when
+//!   sabotaged), well within [`EXIT_TIMEOUT`]; only then it runs its final
+//!   checks. So a scheduling stall just before SIGTERM on a busy machine, or
+//!   a test that sends SIGTERM early, does not fail it; a workload that makes
+//!   no progress still fails, once the deadline has passed. Processes that
+//!   serve a peer's progress (a pipe reader, a ping-pong partner) keep
+//!   serving until the peer has drained too.
 //! - `CRT_WL_SABOTAGE=1` in its environment makes it corrupt its own state
 //!   after READY (to prove the checks can fail).
+//! - `CRT_WL_NO_DRAIN=1` turns the drain off: it checks at once on SIGTERM
+//!   (to prove the progress checks can fail, e.g. SIGTERM right after READY).
+//!   [`Workload::spawn_with_env`] clears both variables unless given.
 //!
 //! Workloads with several processes (`tree_pipes`, `session`, `zombie`,
 //! `shared_file`, `shared_mem`, `fifo_pair`, `memfd_share`, `clone_files`):

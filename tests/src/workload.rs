@@ -134,7 +134,9 @@ impl Workload {
     }
 
     /// Spawns workload `name` with extra environment variables
-    /// (e.g. `("CRT_WL_SABOTAGE", "1")`).
+    /// (e.g. `("CRT_WL_SABOTAGE", "1")`). `CRT_WL_SABOTAGE` and
+    /// `CRT_WL_NO_DRAIN` are cleared from the inherited environment: only
+    /// `env` sets them.
     pub fn spawn_with_env(name: &str, env: &[(&str, &str)]) -> Self {
         let exe = workload_exe(name);
         let dir = TestDir::new(&format!("crt-wl-{name}-"));
@@ -146,7 +148,8 @@ impl Workload {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
-            .env_remove("CRT_WL_SABOTAGE");
+            .env_remove("CRT_WL_SABOTAGE")
+            .env_remove("CRT_WL_NO_DRAIN");
         process::close_extra_fds(&mut cmd);
         for (k, v) in env {
             cmd.env(k, v);

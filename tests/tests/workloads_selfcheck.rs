@@ -100,9 +100,11 @@ fn rust_std_detects_map_corruption() {
 }
 
 /// Terminates `name` right after READY, skipping the run and its steps.
+/// With `CRT_WL_NO_DRAIN=1`: otherwise the workload would go on after
+/// SIGTERM until it has made the progress its checks need.
 fn too_early(name: &str, needle: &str) {
     crt_tests::init!();
-    let w = Workload::spawn(name);
+    let w = Workload::spawn_with_env(name, &[("CRT_WL_NO_DRAIN", "1")]);
     w.wait_ready(READY_TIMEOUT);
     let log = w.terminate_expect_fail();
     assert!(log.contains(needle), "expected {needle:?} in the failure of {name}:\n{log}");
@@ -131,6 +133,75 @@ fn signals_requires_usr1() {
 #[test]
 fn avx_requires_rounds() {
     too_early("avx", "rounds since READY");
+}
+
+/// Workloads whose checks need progress, so that they drain after SIGTERM
+/// (`wl_keep_going`): `(name, environment)`.
+const DRAINING: &[(&str, &[(&str, &str)])] = &[
+    ("counters", &[]),
+    ("avx", &[]),
+    ("chrooted", &[]),
+    ("manythreads", &[]),
+    (crt_tests::RUST_STD, &[]),
+    ("tree_pipes", &[]),
+    ("threads4", &[]),
+    ("stopped", &[]),
+    ("session", &[]),
+    ("shared_file", &[]),
+    ("shared_mem", &[]),
+    ("pipe_pair", &[]),
+    ("unix_spair", &[]),
+    ("unix_link", &[]),
+    ("unix_link", &[("CRT_UNIX_KIND", "seqpacket")]),
+    ("fifo_pair", &[]),
+    ("memfd_share", &[]),
+    ("clone_files", &[]),
+    ("timers_rlimits", &[]),
+];
+
+/// Terminates every draining workload right after READY (and its steps),
+/// like `too_early` but without `CRT_WL_NO_DRAIN`: each must go on after
+/// SIGTERM until it has made the progress its checks need, and PASS. The
+/// roots of a launcher group are terminated one after the other
+/// (`together` false: each exits before the next gets SIGTERM) or all at
+/// once, as `Restored::finish` does.
+fn drain_after_an_early_sigterm(together: bool) {
+    crt_tests::init!();
+    for (name, env) in DRAINING {
+        if together && !crt_tests::LAUNCHERS.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        eprintln!("{name} {env:?}");
+        let ws = Workload::spawn_group_with_env(name, env);
+        for w in &ws {
+            w.wait_ready(READY_TIMEOUT);
+            w.prepare();
+        }
+        for w in &ws {
+            w.exercise();
+        }
+        if together {
+            for w in &ws {
+                w.send(libc::SIGTERM);
+            }
+        }
+        for w in &ws {
+            w.terminate_and_check();
+            for l in w.log().lines().filter(|l| l.contains("drained")) {
+                eprintln!("  {}: {l}", w.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn workloads_drain_after_an_early_sigterm() {
+    drain_after_an_early_sigterm(false);
+}
+
+#[test]
+fn launched_roots_drain_when_terminated_together() {
+    drain_after_an_early_sigterm(true);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 /*
  * chrooted: chroots into its workdir and works there: every 2 ms it
  * rewrites /counter (which is <workdir>/counter outside). At SIGTERM: "/"
- * is still the workdir (same inode as recorded) and the counter advanced.
+ * is still the workdir (same inode as recorded) and the counter advanced
+ * (after SIGTERM it works on until it has, wl_keep_going).
  * Sabotage: chroots into a subdirectory after READY.
  */
 #include "wl_common.h"
@@ -18,7 +19,7 @@ int main(int argc, char **argv)
 	wl_dir = "";
 	uint64_t n = 0;
 	wl_ready();
-	while (!wl_term) {
+	while (wl_keep_going(n > 20)) {
 		int f = open("/counter", O_WRONLY | O_CREAT | O_TRUNC, 0644);
 		if (f >= 0) {
 			char b[32];

@@ -13,7 +13,10 @@
  *   inode as ".", and getcwd()), and closes X.
  * So after a restore every round proves the table and the fs state are still
  * shared, both ways.  Each side checks it played rounds after the last stall
- * (the dump/restore gap) and in the last 100 ms.  At SIGTERM the root sends STOP and waits for the
+ * (the dump/restore gap) and in the last 100 ms.  After SIGTERM the root
+ * plays on (wl_keep_going) until both sides have played enough rounds after
+ * their last stall (the child reports its count in every answer) and it
+ * played enough in the last 100 ms; then it sends STOP and waits for the
  * child (exit 0).  The child is listed in <workdir>/pids.
  * Sabotage: the child unshare()s CLONE_FILES|CLONE_FS at round 100.
  */
@@ -45,12 +48,18 @@ static void recent_add(struct recent *r)
 	r->t[r->n++ % RING] = wl_now_ns();
 }
 
-static void recent_check(const struct recent *r)
+static int recent_count(const struct recent *r)
 {
 	int64_t now = wl_now_ns();
 	int cnt = 0;
 	for (uint64_t i = 0; i < RING && i < r->n; i++)
 		cnt += now - r->t[i] < RECENT_NS;
+	return cnt;
+}
+
+static void recent_check(const struct recent *r)
+{
+	int cnt = recent_count(r);
 	WL_CHECK(cnt >= RECENT_MIN, "%s: only %d rounds in the last %lld ms", wl_role, cnt,
 		 RECENT_NS / 1000000);
 }
@@ -62,6 +71,7 @@ struct clone_args_v0 {
 struct answer {
 	uint64_t k;
 	int64_t fd;
+	uint64_t since_stall; /* the child's rounds after its last stall, this one included */
 };
 
 static int ping[2], pong[2];
@@ -125,12 +135,12 @@ static void child_loop(pid_t parent)
 			wl_fail("child: open f%d: errno %d", (int)(k % 2), errno);
 		if (chdir(wl_path(k % 2 ? "d1" : "d0")) != 0)
 			wl_fail("child: chdir d%d: errno %d", (int)(k % 2), errno);
-		struct answer a = { k, x };
-		put(pong[1], &a, sizeof(a));
 		prev = x;
 		rounds++;
 		wl_progress_tick(&prog);
 		recent_add(&rec);
+		struct answer a = { k, x, prog.since_stall };
+		put(pong[1], &a, sizeof(a));
 	}
 	recent_check(&rec);
 	wl_printf("INFO child: rounds=%llu stalls=%llu since_stall=%llu\n", (unsigned long long)rounds,
@@ -142,16 +152,17 @@ static void child_loop(pid_t parent)
 	wl_child_exit();
 }
 
-static void root_round(uint64_t k)
+/* Plays round k; returns 0 if the child did not answer. */
+static int root_round(uint64_t k, uint64_t *child_since_stall)
 {
 	umask(UMASK(k));
 	put(ping[1], &k, sizeof(k));
 	struct answer a;
 	if (!get(pong[0], &a, sizeof(a))) {
 		wl_fail("root: round %llu: no answer from the child", (unsigned long long)k);
-		wl_term = 1;
-		return;
+		return 0;
 	}
+	*child_since_stall = a.since_stall;
 	if (a.k != k)
 		wl_fail("root: answer for round %llu, want %llu", (unsigned long long)a.k, (unsigned long long)k);
 	int x = (int)a.fd;
@@ -175,6 +186,7 @@ static void root_round(uint64_t k)
 			 d);
 	if (r >= 0)
 		close(x);
+	return 1;
 }
 
 int main(int argc, char **argv)
@@ -207,10 +219,12 @@ int main(int argc, char **argv)
 	wl_record_pid("child", (pid_t)child, parent);
 	struct wl_progress prog;
 	wl_progress_init(&prog);
-	uint64_t k = 0;
+	uint64_t k = 0, child_since_stall = 0;
 	struct recent rec = { { 0 }, 0 };
-	while (!wl_term) {
-		root_round(k);
+	while (wl_keep_going(prog.since_stall >= AFTER_STALL_MIN && child_since_stall >= AFTER_STALL_MIN &&
+			     recent_count(&rec) >= RECENT_MIN)) {
+		if (!root_round(k, &child_since_stall))
+			break;
 		k++;
 		wl_progress_tick(&prog);
 		recent_add(&rec);

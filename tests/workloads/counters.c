@@ -3,7 +3,8 @@
  * loop, plus a 16 MiB malloc'd buffer holding a seeded pseudo-random pattern.
  * At SIGTERM: the three counters are equal, advanced well past their value at
  * READY, the loop kept running after the last stall (dump/restore gap), and
- * the heap pattern is intact.
+ * the heap pattern is intact.  After SIGTERM the loop drains until it has
+ * made that progress (wl_keep_going).
  *
  * eventfd_holder.c includes this file with WITH_EVENTFD=1 to also hold an
  * eventfd with a counter value (restored by crt's eventfd handler), and
@@ -28,7 +29,6 @@
 #define HEAP_BYTES (16u << 20)
 #define HEAP_WORDS (HEAP_BYTES / 8)
 #define MARGIN 100            /* iterations required between READY and SIGTERM */
-#define STALL_NS 50000000LL   /* a loop gap longer than this counts as a stall */
 #define AFTER_STALL_MIN 5     /* iterations required after the last stall */
 #define EVENTFD_VALUE 7
 
@@ -89,13 +89,13 @@ int main(int argc, char **argv)
 	uint64_t ready_count = g_count;
 	wl_ready();
 
-	int64_t last = wl_now_ns(), max_gap = 0;
-	uint64_t since_stall = 0, stalls = 0;
-	while (!wl_term) {
+	/* a loop gap longer than WL_STALL_NS counts as a stall */
+	struct wl_progress prog;
+	wl_progress_init(&prog);
+	while (wl_keep_going(prog.since_stall >= AFTER_STALL_MIN && g_count >= ready_count + MARGIN)) {
 		g_count++;
 		h->count++;
 		s_count++;
-		since_stall++;
 
 		if (wl_sabotage && g_count == 50)
 			h->words[HEAP_WORDS / 2] ^= 0x100;
@@ -107,28 +107,21 @@ int main(int argc, char **argv)
 		}
 
 		usleep(1000);
-		int64_t now = wl_now_ns();
-		if (now - last > max_gap)
-			max_gap = now - last;
-		if (now - last > STALL_NS) {
-			stalls++;
-			since_stall = 0;
-		}
-		last = now;
+		wl_progress_tick(&prog);
 	}
 
 	uint64_t g = g_count, hc = h->count, s = s_count;
 	wl_printf("INFO count=%llu ready_count=%llu stalls=%llu since_last_stall=%llu max_gap_ms=%lld\n",
 		  (unsigned long long)g, (unsigned long long)ready_count,
-		  (unsigned long long)stalls, (unsigned long long)since_stall,
-		  (long long)(max_gap / 1000000));
+		  (unsigned long long)prog.stalls, (unsigned long long)prog.since_stall,
+		  (long long)(prog.max_gap / 1000000));
 	WL_CHECK(g == hc && g == s, "counters differ: global=%llu heap=%llu stack=%llu",
 		 (unsigned long long)g, (unsigned long long)hc, (unsigned long long)s);
 	WL_CHECK(g >= ready_count + MARGIN, "counter advanced only %llu since READY (need %d)",
 		 (unsigned long long)(g - ready_count), MARGIN);
-	WL_CHECK(since_stall >= AFTER_STALL_MIN,
+	WL_CHECK(prog.since_stall >= AFTER_STALL_MIN,
 		 "loop ran only %llu iterations after the last stall (need %d)",
-		 (unsigned long long)since_stall, AFTER_STALL_MIN);
+		 (unsigned long long)prog.since_stall, AFTER_STALL_MIN);
 	size_t bad = check_words(h, 0, HEAP_WORDS);
 	WL_CHECK(bad == 0, "%zu heap pattern words corrupted", bad);
 

@@ -7,7 +7,10 @@
  * time (r records the FIONREAD maximum).  r checks the sequence continues
  * with no gap or duplicate.  Both check their fd is still the FIFO at the
  * path (same device and inode, S_ISFIFO), with its open flags.
- * At SIGTERM the root SIGTERMs w, which writes an end record
+ * At SIGTERM the root SIGTERMs r, which reads on until it has made the
+ * progress its checks need (wl_keep_going), then stops counting, creates
+ * <workdir>/r.drained and reads on.  The root then SIGTERMs w, which writes
+ * on until it has made its progress, then writes an end record
  * {END, next seq} and closes; r drains the FIFO up to EOF and checks the end
  * record matches what it counted (no byte lost at the tail).  The root
  * waits for w then r (exit 0) and checks the FIFO is still at its path.
@@ -57,7 +60,8 @@ static void writer(void)
 	wl_progress_init(&prog);
 	uint64_t buf[BATCH];
 	int pending = 0;
-	while (!wl_term) {
+	wl_drain_ns /= 2; /* SIGTERMed once r has drained */
+	while (wl_keep_going(prog.since_stall >= AFTER_STALL_MIN && written_since_stall >= 5)) {
 		if (!pending) {
 			for (int i = 0; i < BATCH; i++) {
 				if (wl_sabotage && seq == 3000)
@@ -122,10 +126,20 @@ static void reader(void)
 	unsigned char buf[READ_CHUNK + 16];
 	size_t have = 0;
 	uint64_t expect = 0, got = 0, reads_since_stall = 0, stalls = 0;
-	int max_buffered = 0, eof = 0, ended = 0, started = 0;
+	int max_buffered = 0, eof = 0, ended = 0, started = 0, counting = 1;
 	struct wl_progress prog;
 	wl_progress_init(&prog);
 	while (!eof) {
+		/* after SIGTERM: count until the checks below are met, then only read on */
+		if (counting && !wl_keep_going(reads_since_stall >= AFTER_STALL_MIN &&
+					       max_buffered >= MIN_BUFFERED)) {
+			counting = 0;
+			int dfd = open(wl_path("r.drained"), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+			if (dfd < 0)
+				wl_fail("r: creating r.drained: errno %d", errno);
+			else
+				close(dfd);
+		}
 		int avail = 0;
 		if (!ended && ioctl(fd, FIONREAD, &avail) == 0 && avail > max_buffered)
 			max_buffered = avail;
@@ -171,6 +185,8 @@ static void reader(void)
 		have -= n;
 		if (ended)
 			continue; /* drain fast, do not count */
+		if (!counting)
+			continue; /* read on fast, do not count */
 		wl_progress_tick(&prog);
 		reads_since_stall++;
 		if (prog.stalls != stalls) {
@@ -233,6 +249,22 @@ int main(int argc, char **argv)
 	wl_ready();
 	while (!wl_term)
 		usleep(10000);
+	/* r first: w must write on until r has made its progress */
+	kill(r, SIGTERM);
+	deadline = wl_now_ns() + wl_drain_ns + 1000000000LL;
+	for (;;) {
+		if (stat(wl_path("r.drained"), &st) == 0)
+			break;
+		if (wl_child_gone(r)) {
+			wl_fail("root: r exited before it drained");
+			break;
+		}
+		if (wl_now_ns() > deadline) {
+			wl_fail("root: r did not drain in time");
+			break;
+		}
+		usleep(1000);
+	}
 	kill(w, SIGTERM);
 	wl_wait_child(w, "w", 10000);
 	wl_wait_child(r, "r", 10000);

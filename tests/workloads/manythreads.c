@@ -1,7 +1,8 @@
 /*
  * manythreads: $CRT_THREADS threads (default 8) besides main, each
  * advancing its own counter, for the forest benchmark.  At SIGTERM every
- * thread must have advanced since READY.
+ * thread must have advanced since READY (after SIGTERM the main thread
+ * waits until they have, wl_keep_going).
  */
 #include "wl_common.h"
 #include <pthread.h>
@@ -38,9 +39,15 @@ int main(int argc, char **argv)
 	wl_ready();
 	while (!wl_term)
 		pause();
-	int stuck = 0;
-	for (int i = 0; i < n; i++)
-		stuck += counters[i] <= at_ready[i];
+	int stuck;
+	for (;;) {
+		stuck = 0;
+		for (int i = 0; i < n; i++)
+			stuck += counters[i] <= at_ready[i];
+		if (!wl_keep_going(stuck == 0))
+			break;
+		usleep(20000);
+	}
 	WL_CHECK(stuck == 0, "%d of %d threads did not advance", stuck, n);
 	wl_finish();
 }

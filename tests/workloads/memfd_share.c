@@ -15,8 +15,11 @@
  * its fd's offset, size, FD_CLOEXEC and link name; the pattern (read with
  * pread); /proc/self/maps shows exactly one "/memfd:crt_wl_memfd" mapping
  * with the inode of its fd; progress after the last stall.
- * At SIGTERM the root checks itself, SIGTERMs the child and waits for it
- * (exit 0).  The child is listed in <workdir>/pids.
+ * After SIGTERM each side plays on (wl_keep_going) until it has made the
+ * progress its checks need.  The root then checks itself, SIGTERMs the child
+ * and plays on (without counting: the child's checks need the root's
+ * counter to move) until the child has exited (exit 0).  The child is
+ * listed in <workdir>/pids.
  * Sabotage: the child replaces its mapping with a private anonymous copy.
  */
 #include "wl_common.h"
@@ -114,27 +117,55 @@ static void check_fd(int me, off_t want_pos)
 		 (unsigned long long)other, (unsigned long long)st.st_ino);
 }
 
-static void play(int me, off_t pos)
+/* One side of the game. */
+struct player {
+	int me;
+	pid_t peer; /* the root: the child; the child: the root */
+	uint64_t i, unseen;
+	uint64_t hist_other[HIST]; /* [i % HIST]: the other's counter at my iteration i */
+};
+
+/* One iteration (without the sleep). */
+static void step(struct player *p)
 {
-	int other = 1 - me;
-	uint64_t hist_other[HIST];
+	int me = p->me;
+	shm->counter[me]++;
+	p->i++;
+	uint64_t v = p->i;
+	ssize_t w = pwrite(fd, &v, sizeof(v), offsetof(struct shm, fdcnt) + 8 * (size_t)me);
+	if (w != sizeof(v) && wl_failures < 5)
+		wl_fail("%s: pwrite returned %zd errno %d", wl_role, w, errno);
+	if (shm->fdcnt[me] != p->i && p->unseen++ < 3)
+		wl_fail("%s: the mapping shows %llu, not %llu just pwrite()n through the fd", wl_role,
+			(unsigned long long)shm->fdcnt[me], (unsigned long long)p->i);
+	struct stat st;
+	if (fstat(fd, &st) == 0)
+		shm->ino[me] = st.st_ino;
+	p->hist_other[p->i % HIST] = shm->counter[1 - me];
+}
+
+/* The other's counter advanced at least OTHER_MIN over my last HIST iterations. */
+static int other_advanced(const struct player *p)
+{
+	return p->i >= HIST && shm->counter[1 - p->me] >= p->hist_other[(p->i + 1) % HIST] + OTHER_MIN;
+}
+
+/* The other side exited (the child; for the child: its parent). */
+static int peer_gone(const struct player *p)
+{
+	return p->me == 0 ? wl_child_gone(p->peer) : getppid() != p->peer;
+}
+
+static void play(struct player *p)
+{
+	int me = p->me, other = 1 - me;
 	struct wl_progress prog;
 	wl_progress_init(&prog);
-	uint64_t i = 0, unseen = 0;
-	while (!wl_term) {
-		shm->counter[me]++;
-		i++;
-		uint64_t v = i;
-		ssize_t w = pwrite(fd, &v, sizeof(v), offsetof(struct shm, fdcnt) + 8 * (size_t)me);
-		if (w != sizeof(v) && wl_failures < 5)
-			wl_fail("%s: pwrite returned %zd errno %d", wl_role, w, errno);
-		if (shm->fdcnt[me] != i && unseen++ < 3)
-			wl_fail("%s: the mapping shows %llu, not %llu just pwrite()n through the fd", wl_role,
-				(unsigned long long)shm->fdcnt[me], (unsigned long long)i);
-		struct stat st;
-		if (fstat(fd, &st) == 0)
-			shm->ino[me] = st.st_ino;
-		hist_other[i % HIST] = shm->counter[other];
+	/* (no progress to wait for once the other side is gone) */
+	while (wl_keep_going(wl_term && (peer_gone(p) || (prog.since_stall >= AFTER_STALL_MIN &&
+							  other_advanced(p))))) {
+		step(p);
+		uint64_t i = p->i;
 		wl_progress_tick(&prog);
 		if (wl_sabotage && me == 1 && i == 50) {
 			struct shm copy = *shm;
@@ -146,19 +177,18 @@ static void play(int me, off_t pos)
 		usleep(1000);
 	}
 	/* let the other side store its inode after any stall */
-	uint64_t other_now = shm->counter[other];
+	uint64_t i = p->i, other_now = shm->counter[other];
 	wl_printf("INFO %s: iterations=%llu stalls=%llu since_stall=%llu other=%llu\n", wl_role,
 		  (unsigned long long)i, (unsigned long long)prog.stalls,
 		  (unsigned long long)prog.since_stall, (unsigned long long)other_now);
 	WL_CHECK(prog.since_stall >= AFTER_STALL_MIN, "%s: only %llu iterations after the last stall",
 		 wl_role, (unsigned long long)prog.since_stall);
 	if (i >= HIST) {
-		uint64_t o = hist_other[(i + 1) % HIST];
+		uint64_t o = p->hist_other[(i + 1) % HIST];
 		WL_CHECK(other_now >= o + OTHER_MIN,
 			 "%s: the other side's counter advanced only %llu over my last %d iterations",
 			 wl_role, (unsigned long long)(other_now - o), HIST);
 	}
-	check_fd(me, pos);
 }
 
 int main(int argc, char **argv)
@@ -195,7 +225,10 @@ int main(int argc, char **argv)
 		fd = own;
 		if (lseek(fd, CHILD_POS, SEEK_SET) != CHILD_POS)
 			wl_die("child: lseek");
-		play(1, CHILD_POS);
+		wl_drain_ns /= 2; /* SIGTERMed once the root has drained */
+		struct player p = { .me = 1, .peer = parent };
+		play(&p);
+		check_fd(1, CHILD_POS);
 		WL_CHECK(getppid() == parent, "child: getppid() is %d, want %d", (int)getppid(),
 			 (int)parent);
 		wl_child_exit();
@@ -210,8 +243,16 @@ int main(int argc, char **argv)
 		usleep(1000);
 	}
 	wl_ready();
-	play(0, ROOT_POS);
+	struct player p = { .me = 0, .peer = child };
+	play(&p);
 	kill(child, SIGTERM);
+	/* play on while the child drains: its checks need my counter to move */
+	deadline = wl_now_ns() + wl_drain_ns / 2 + 1000000000LL;
+	while (!wl_child_gone(child) && wl_now_ns() < deadline) {
+		step(&p);
+		usleep(1000);
+	}
+	check_fd(0, ROOT_POS);
 	wl_wait_child(child, "child", 10000);
 	wl_finish();
 }

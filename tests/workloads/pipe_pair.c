@@ -9,8 +9,11 @@
  * much faster than R reads, so the pipe is full (tens of KiB buffered) most
  * of the time.  R reads READ_CHUNK bytes every ~5 ms, checks the sequence
  * continues with no gap or duplicate, and records how many bytes were
- * buffered (FIONREAD).  On SIGTERM each verifies it made progress after
- * READY and after the last stall; R also that the pipe held kilobytes.
+ * buffered (FIONREAD).  After SIGTERM each goes on (wl_keep_going) until it
+ * has made the progress its checks need: after READY and after the last
+ * stall; R also that the pipe held kilobytes.  Then W verifies and exits; R
+ * stops counting but reads on (checking the sequence) up to EOF, i.e. until
+ * W has exited, so that W can always make its progress, and then verifies.
  * W ignores SIGPIPE and treats EPIPE (R already gone) as the end.
  * Sabotage: W skips one sequence number (R must notice the gap).
  */
@@ -30,8 +33,9 @@
 #define AFTER_STALL_MIN 5
 #define MIN_BUFFERED 4096
 
-static void setup(const char *sub, const char *root_dir)
+static void setup(const char *sub, const char *root_dir, const char *role)
 {
+	wl_role = role;
 	static char dir[4096];
 	snprintf(dir, sizeof(dir), "%s/%s", root_dir, sub);
 	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
@@ -57,7 +61,9 @@ static void writer(int fd)
 	int peer_gone = 0;
 	struct wl_progress prog;
 	wl_progress_init(&prog);
-	while (!wl_term) {
+	/* once R is gone there is no progress to wait for */
+	while (wl_keep_going(peer_gone ||
+			     (prog.since_stall >= AFTER_STALL_MIN && batches >= ready_batches + W_MARGIN))) {
 		if (peer_gone) {
 			usleep(5000);
 			continue;
@@ -68,21 +74,24 @@ static void writer(int fd)
 				seq++;
 			buf[i] = seq++;
 		}
+		int written = 0;
 		for (;;) {
 			ssize_t r = write(fd, buf, sizeof(buf)); /* <= PIPE_BUF: atomic */
-			if (r == sizeof(buf))
+			if (r == sizeof(buf)) {
+				written = 1;
 				break;
-			if (r < 0 && errno == EINTR && !wl_term)
+			}
+			/* SIGTERM: retry, the numbers in buf are taken (and R reads on until EOF) */
+			if (r < 0 && errno == EINTR)
 				continue;
 			if (r < 0 && errno == EPIPE) {
 				peer_gone = 1;
 				break;
 			}
-			if (!(r < 0 && errno == EINTR))
-				wl_fail("W: write returned %zd errno %d", r, errno);
+			wl_fail("W: write returned %zd errno %d", r, errno);
 			break;
 		}
-		if (wl_term || peer_gone)
+		if (!written)
 			continue;
 		batches++;
 		wl_progress_tick(&prog);
@@ -107,10 +116,22 @@ static void reader(int fd)
 	unsigned char buf[READ_CHUNK + 8];
 	size_t have = 0;
 	uint64_t expect = 0, got = 0, ready_got = 0;
-	int max_buffered = 0, max_buffered_after_stall = 0, eof = 0;
+	int max_buffered = 0, max_buffered_after_stall = 0, eof = 0, counting = 1;
 	struct wl_progress prog;
 	wl_progress_init(&prog);
-	while (!wl_term && !eof) {
+	uint64_t end_got = 0, end_since_stall = 0;
+	while (!eof) {
+		/* after SIGTERM: count until the checks below are met, then read on uncounted */
+		if (counting && !wl_keep_going(got >= ready_got + R_MARGIN &&
+					       prog.since_stall >= AFTER_STALL_MIN &&
+					       max_buffered >= MIN_BUFFERED)) {
+			counting = 0;
+			end_got = got;
+			end_since_stall = prog.since_stall;
+		}
+		/* ... up to EOF (W has exited), within the drain deadline */
+		if (!counting && !wl_drain_time_left())
+			break;
 		int avail = 0;
 		if (ioctl(fd, FIONREAD, &avail) == 0) {
 			if (avail > max_buffered)
@@ -141,6 +162,8 @@ static void reader(int fd)
 		}
 		memmove(buf, buf + n * 8, have - n * 8);
 		have -= n * 8;
+		if (!counting)
+			continue; /* read on fast, uncounted */
 		wl_progress_tick(&prog);
 		if (!wl_is_ready) {
 			ready_got = got;
@@ -150,15 +173,21 @@ static void reader(int fd)
 	}
 	while (!wl_term)
 		usleep(5000);
-	wl_printf("INFO R: got=%llu ready=%llu stalls=%llu since_stall=%llu max_buffered=%d "
+	if (counting) {
+		/* EOF before (or without) the drain: W ended first */
+		wl_keep_going(1);
+		end_got = got;
+		end_since_stall = prog.since_stall;
+	}
+	wl_printf("INFO R: got=%llu counted=%llu ready=%llu stalls=%llu since_stall=%llu max_buffered=%d "
 		  "max_buffered_after_stall=%d eof=%d\n",
-		  (unsigned long long)got, (unsigned long long)ready_got,
-		  (unsigned long long)prog.stalls, (unsigned long long)prog.since_stall,
+		  (unsigned long long)got, (unsigned long long)end_got, (unsigned long long)ready_got,
+		  (unsigned long long)prog.stalls, (unsigned long long)end_since_stall,
 		  max_buffered, max_buffered_after_stall, eof);
-	WL_CHECK(got >= ready_got + R_MARGIN, "R: only %llu numbers since READY",
-		 (unsigned long long)(got - ready_got));
-	WL_CHECK(prog.since_stall >= AFTER_STALL_MIN, "R: only %llu reads after the last stall",
-		 (unsigned long long)prog.since_stall);
+	WL_CHECK(end_got >= ready_got + R_MARGIN, "R: only %llu numbers since READY",
+		 (unsigned long long)(end_got - ready_got));
+	WL_CHECK(end_since_stall >= AFTER_STALL_MIN, "R: only %llu reads after the last stall",
+		 (unsigned long long)end_since_stall);
 	WL_CHECK(max_buffered >= MIN_BUFFERED, "R: at most %d bytes were ever buffered",
 		 max_buffered);
 	wl_finish();
@@ -176,7 +205,7 @@ int main(int argc, char **argv)
 		wl_die("fork W");
 	if (w == 0) {
 		close(p[0]);
-		setup("w", root_dir);
+		setup("w", root_dir, "W");
 		writer(p[1]);
 	}
 	pid_t r = fork();
@@ -184,7 +213,7 @@ int main(int argc, char **argv)
 		wl_die("fork R");
 	if (r == 0) {
 		close(p[1]);
-		setup("r", root_dir);
+		setup("r", root_dir, "R");
 		reader(p[0]);
 	}
 	wl_printf("LAUNCHED w=%d r=%d\n", (int)w, (int)r);

@@ -5,7 +5,8 @@
  * root's group.  Everyone records getsid()/getpgid()/getppid() and checks
  * them every ~5 ms; the root also checks getpgid(A)==A, getpgid(A1)==A,
  * getpgid(B)==root and getsid(x)==root for all.  Non-root processes are
- * listed in <workdir>/pids.  At SIGTERM the root SIGTERMs A and B (A
+ * listed in <workdir>/pids.  At SIGTERM the root checks on (wl_keep_going)
+ * until it has run enough iterations since READY, then SIGTERMs A and B (A
  * SIGTERMs A1) and waits for each to exit 0.
  * Sabotage: B moves to its own process group.
  */
@@ -110,7 +111,7 @@ int main(int argc, char **argv)
 	check_layout(root, a, a1, b, "before READY");
 	wl_ready();
 	unsigned iter = 0;
-	while (!wl_term) {
+	while (wl_keep_going(iter >= 20)) {
 		usleep(5000);
 		iter++;
 		if (wl_failures == 0)

@@ -3,8 +3,9 @@
  * and forks a child; both write fixed-size records "P|C <seq>\n" in turn
  * through the one shared file offset, passing a token over two pipes
  * (record k is written by the parent if k is even).  Before each write the
- * writer checks the shared offset is k * RECLEN.  At SIGTERM the parent
- * stops the child (token STOP), waits for it (exit 0), and re-reads the
+ * writer checks the shared offset is k * RECLEN.  After SIGTERM the parent
+ * goes on (wl_keep_going) until enough records were written after READY
+ * and after the last stall, then stops the child (token STOP), waits for it (exit 0), and re-reads the
  * file: every record present, in order, none overwritten.  The child is
  * listed in <workdir>/pids.
  * Sabotage: the child re-opens the file (its own offset) after 50 records.
@@ -102,7 +103,8 @@ int main(int argc, char **argv)
 		if (k == 0) {
 			ready_k = 0;
 		}
-		if (wl_term || wl_failures > 0) {
+		if (!wl_keep_going(prog.since_stall >= AFTER_STALL_MIN && k >= ready_k + MARGIN) ||
+		    wl_failures > 0) {
 			k++;
 			break;
 		}

@@ -3,7 +3,8 @@
  * every 20 iterations.  The harness SIGSTOPs it before the dump, checks it
  * stays stopped (no new TICK, state T) after restore, then SIGCONTs it and waits for 5 more TICKs.
  * At SIGTERM: the counter advanced well past READY, and kept running after
- * the last stall (the stop).
+ * the last stall (the stop); after SIGTERM the loop drains until it has
+ * (wl_keep_going).
  */
 #include "wl_common.h"
 
@@ -17,7 +18,7 @@ int main(int argc, char **argv)
 	struct wl_progress prog;
 	wl_progress_init(&prog);
 	wl_ready();
-	while (!wl_term) {
+	while (wl_keep_going(prog.since_stall >= AFTER_STALL_MIN && count >= MARGIN)) {
 		count++;
 		if (wl_sabotage && count == 50)
 			count -= 40;

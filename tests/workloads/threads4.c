@@ -3,9 +3,11 @@
  * recording its gettid(); each also holds a thread-local (__thread) value
  * derived from its index.  The tids are written to <workdir>/tids.
  * At SIGTERM the main thread checks that every thread's counter advanced
- * since READY and is still advancing now, that every tid is still listed in
- * /proc/self/task, and its own thread-local value; then it stops the threads,
- * each of which checks gettid() and its thread-local value are unchanged.
+ * since READY and is still advancing now (by 5, over at least 60 ms after
+ * SIGTERM: it waits until they have, wl_keep_going), that every tid is
+ * still listed in /proc/self/task, and its own thread-local value; then it
+ * stops the threads, each of which checks gettid() and its thread-local
+ * value are unchanged.
  * Sabotage: thread 2 corrupts its thread-local value.
  */
 #include "wl_common.h"
@@ -100,6 +102,14 @@ int main(int argc, char **argv)
 	for (int i = 0; i < NT; i++)
 		before[i] = ths[i].count;
 	usleep(60000);
+	for (;;) {
+		int all = 1;
+		for (int i = 0; i < NT; i++)
+			all &= ths[i].count >= ths[i].ready_count + MARGIN && ths[i].count >= before[i] + 5;
+		if (!wl_keep_going(all))
+			break;
+		usleep(10000);
+	}
 	for (int i = 0; i < NT; i++) {
 		uint64_t c = ths[i].count;
 		wl_printf("INFO thread %d tid %d count %llu (ready %llu)\n", i, (int)ths[i].tid,
@@ -107,7 +117,7 @@ int main(int argc, char **argv)
 		WL_CHECK(c >= ths[i].ready_count + MARGIN,
 			 "thread %d advanced only %llu since READY", i,
 			 (unsigned long long)(c - ths[i].ready_count));
-		WL_CHECK(c >= before[i] + 5, "thread %d is not advancing (%llu -> %llu in 60 ms)",
+		WL_CHECK(c >= before[i] + 5, "thread %d is not advancing (%llu -> %llu after SIGTERM)",
 			 i, (unsigned long long)before[i], (unsigned long long)c);
 		char p[64];
 		snprintf(p, sizeof(p), "/proc/self/task/%d", (int)ths[i].tid);

@@ -13,10 +13,14 @@
  * non-blocking writes, twice as fast as they read, so the queues in both
  * directions fill (hundreds of KiB in flight).  Each checks the sequence it
  * receives continues with no gap or duplicate (seqpacket: every message is
- * exactly one batch).  On SIGTERM each verifies it made progress after
- * READY and after the last stall, and that kilobytes were queued.
- * When the peer goes away (EOF), a side stops, tries one more write
- * (must fail with EPIPE) and reports "eof=1 epipe=1".
+ * exactly one batch).  After SIGTERM each goes on (wl_keep_going) until it
+ * has made the progress its checks need, then verifies it made progress
+ * after READY and after the last stall, and that kilobytes were queued.
+ * The queues are full, so a side whose peer ended first still has hundreds
+ * of KiB to read (and count).
+ * When the peer goes away, a side reads what it left (a seqpacket socket
+ * reports ECONNRESET first, then the messages queued), and at EOF stops,
+ * tries one more write (must fail with EPIPE) and reports "eof=1 epipe=1".
  * CRT_UNIX_PEER_MAY_GO=1: only the sequence is checked (for tests where the
  * peer is left outside the dump).
  * Sabotage: C skips one sequence number (S must notice the gap).
@@ -35,8 +39,9 @@
 
 static int seqpacket, may_go;
 
-static void setup(const char *sub, const char *root_dir)
+static void setup(const char *sub, const char *root_dir, const char *role)
 {
+	wl_role = role;
 	static char dir[4096];
 	snprintf(dir, sizeof(dir), "%s/%s", root_dir, sub);
 	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
@@ -63,10 +68,12 @@ static void run(const char *who, int fd)
 	uint64_t out_seq = 0, expect = 0, got = 0, ready_got = 0;
 	unsigned char obuf[MSG], ibuf[MSG * 2];
 	size_t opos = MSG, ihave = 0; /* opos == MSG: nothing pending */
-	int max_buffered = 0, eof = 0, epipe = 0, iter = 0;
+	int max_buffered = 0, eof = 0, epipe = 0, reset = 0, iter = 0;
 	struct wl_progress prog;
 	wl_progress_init(&prog);
-	while (!wl_term && !eof) {
+	while (!eof && wl_keep_going(may_go || (got >= ready_got + R_MARGIN &&
+						prog.since_stall >= AFTER_STALL_MIN &&
+						max_buffered >= MIN_BUFFERED))) {
 		iter++;
 		if (opos == MSG) {
 			for (int i = 0; i < BATCH; i++) {
@@ -93,6 +100,11 @@ static void run(const char *who, int fd)
 			goto sleep;
 		/* once the peer is gone, drain what it left quickly */
 		ssize_t r = recv(fd, ibuf + ihave, seqpacket || epipe ? sizeof(ibuf) - ihave : MSG / 2, MSG_DONTWAIT);
+		if (r < 0 && errno == ECONNRESET && !reset) {
+			/* the peer closed with bytes unread; what it sent may still be queued */
+			reset = 1;
+			goto sleep;
+		}
 		if (r < 0 && errno == ECONNRESET) {
 			eof = 1;
 			break;
@@ -179,7 +191,7 @@ int main(int argc, char **argv)
 	if (s < 0)
 		wl_die("fork S");
 	if (s == 0) {
-		setup("s", root_dir);
+		setup("s", root_dir, "S");
 		int c = accept4(l, NULL, NULL, SOCK_CLOEXEC);
 		if (c < 0)
 			wl_die("accept");
@@ -190,7 +202,7 @@ int main(int argc, char **argv)
 	if (c < 0)
 		wl_die("fork C");
 	if (c == 0) {
-		setup("c", root_dir);
+		setup("c", root_dir, "C");
 		int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
 		if (fd < 0 || connect(fd, (struct sockaddr *)&a, alen) != 0)
 			wl_die("connect");

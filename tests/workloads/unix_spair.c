@@ -10,7 +10,11 @@
  * ping-pong sequence numbers over a second stream pair P (root P[0], C P[1])
  * to prove the connection works after restore.  On SIGTERM every queued
  * pattern must read back exactly (seqpacket: message boundaries too), and
- * the ping-pong must have continued without a gap.
+ * the ping-pong must have continued without a gap.  After SIGTERM the root
+ * pings on (wl_keep_going) until it has pinged enough after the last
+ * stall; it then checks its queues, SIGTERMs C and pings on (uncounted:
+ * C's checks need the ping-pong to go on) while C does the same, until C
+ * exits.
  * Sabotage: the root reads one byte of A[1]'s queue after READY.
  */
 #include "wl_common.h"
@@ -85,27 +89,46 @@ static void check_seq(int fd, int id, const char *what)
 	WL_CHECK(r < 0 && errno == EAGAIN, "%s: extra message of %zd bytes", what, r);
 }
 
-/* One ping-pong step: send our counter, receive the peer's; both must follow. */
-static void pingpong(int fd, uint64_t *sent, uint64_t *expect, struct wl_progress *prog)
+/*
+ * One ping-pong step: send our counter, receive the peer's; both must
+ * follow.  prog: NULL for an uncounted step.  Returns 0 if the peer is gone
+ * (EOF, or no answer within timeout_ms: -1 waits for ever).
+ */
+static int pingpong(int fd, uint64_t *sent, uint64_t *expect, struct wl_progress *prog, int timeout_ms)
 {
 	uint64_t v = (*sent)++;
-	if (write(fd, &v, 8) != 8) {
+	ssize_t w;
+	while ((w = send(fd, &v, 8, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+		;
+	if (w != 8) {
 		if (!wl_term)
 			wl_fail("%s: ping write errno %d", wl_role, errno);
-		return;
+		return 0;
 	}
 	uint64_t got;
-	ssize_t r = read(fd, &got, 8);
+	ssize_t r;
+	for (;;) {
+		struct pollfd pfd = { fd, POLLIN, 0 };
+		int n = timeout_ms < 0 ? 1 : poll(&pfd, 1, timeout_ms);
+		if (n == 0)
+			return 0;
+		r = n < 0 ? -1 : read(fd, &got, 8);
+		if (r < 0 && errno == EINTR)
+			continue; /* SIGTERM: the answer is still to come */
+		break;
+	}
 	if (r != 8) {
 		if (!wl_term)
 			wl_fail("%s: ping read %zd errno %d", wl_role, r, errno);
-		return;
+		return 0;
 	}
 	if (got != *expect && wl_failures < 5)
 		wl_fail("%s: ping got %llu want %llu", wl_role, (unsigned long long)got,
 			(unsigned long long)*expect);
 	*expect = got + 1;
-	wl_progress_tick(prog);
+	if (prog)
+		wl_progress_tick(prog);
+	return 1;
 }
 
 int main(int argc, char **argv)
@@ -133,8 +156,10 @@ int main(int argc, char **argv)
 		uint64_t sent = 1000000, expect = 0;
 		struct wl_progress prog;
 		wl_progress_init(&prog);
-		while (!wl_term) {
-			pingpong(p[1], &sent, &expect, &prog);
+		wl_drain_ns /= 2; /* SIGTERMed once the root has drained */
+		while (wl_keep_going(prog.since_stall >= 5 || prog.stalls == 0)) {
+			if (!pingpong(p[1], &sent, &expect, &prog, -1))
+				break;
 			usleep(2000);
 		}
 		check_stream(x[1], 3, "C: x[1] queue");
@@ -153,8 +178,9 @@ int main(int argc, char **argv)
 	struct wl_progress prog;
 	wl_progress_init(&prog);
 	int n = 0;
-	while (!wl_term) {
-		pingpong(p[0], &sent, &expect, &prog);
+	while (wl_keep_going((prog.since_stall >= 5 || prog.stalls == 0) && sent > 50)) {
+		if (!pingpong(p[0], &sent, &expect, &prog, -1))
+			break;
 		if (++n == 5)
 			wl_ready();
 		if (wl_is_ready && wl_sabotage && n == 6) {
@@ -168,11 +194,16 @@ int main(int argc, char **argv)
 	check_seq(b[1], 10, "root: b[1] messages");
 	check_seq(b[0], 20, "root: b[0] messages");
 	check_stream(x[0], 4, "root: x[0] queue");
+	uint64_t pings = sent, since_stall = prog.since_stall;
 	kill(c, SIGTERM);
-	close(p[0]); /* wakes C if the signal came just before it blocked in read */
-	WL_CHECK(sent > 50, "root: only %llu pings", (unsigned long long)sent);
-	WL_CHECK(prog.since_stall >= 5 || prog.stalls == 0, "root: only %llu pings after the stall",
-		 (unsigned long long)prog.since_stall);
-	wl_wait_child(c, "c", 5000);
+	/* ping on while C drains: its checks need the ping-pong; C's exit ends it (EOF) */
+	int64_t deadline = wl_now_ns() + wl_drain_ns / 2 + 1000000000LL;
+	while (wl_now_ns() < deadline && pingpong(p[0], &sent, &expect, NULL, 1000))
+		usleep(2000);
+	close(p[0]);
+	WL_CHECK(pings > 50, "root: only %llu pings", (unsigned long long)pings);
+	WL_CHECK(since_stall >= 5 || prog.stalls == 0, "root: only %llu pings after the stall",
+		 (unsigned long long)since_stall);
+	wl_wait_child(c, "c", 10000);
 	wl_finish();
 }

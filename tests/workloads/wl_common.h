@@ -10,6 +10,20 @@
  *
  * If the environment holds CRT_WL_SABOTAGE=1 a workload deliberately corrupts
  * its own state after READY, so tests can prove that its checks can fail.
+ *
+ * Draining: SIGTERM does not cut the work short.  A workload whose final
+ * checks need progress (N iterations since READY, M since the last stall,
+ * i.e. since the dump/restore gap) loops on wl_keep_going(<that condition>):
+ * after SIGTERM it goes on working, and checking every step, until the
+ * condition holds, for at most WL_DRAIN_NS (the harness waits 30 s for the
+ * exit); only then it runs its final checks, which are unchanged: they fail
+ * if the deadline passed without that progress.  So neither a scheduling
+ * stall just before SIGTERM on a busy machine nor a harness that sends
+ * SIGTERM early fails a workload that works.  A process whose peer needs it
+ * to make progress (a pipe reader, a ping-pong partner) keeps serving it,
+ * uncounted, until the peer is done (or wl_drain_time_left() runs out).
+ * CRT_WL_NO_DRAIN=1 turns the drain off (wl_keep_going() returns 0 at once
+ * after SIGTERM), so tests can prove the progress checks can fail.
  */
 #ifndef WL_COMMON_H
 #define WL_COMMON_H
@@ -37,6 +51,7 @@ static int wl_failures;
 static char wl_first_failure[256];
 static int wl_sabotage;
 static int wl_is_ready;
+static const char *wl_role = "root";
 
 static __attribute__((unused)) void wl_write_all(int fd, const char *s, size_t n)
 {
@@ -121,6 +136,55 @@ static __attribute__((unused)) int64_t wl_now_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+/* ---- draining after SIGTERM (see the protocol above) ------------------- */
+
+#define WL_DRAIN_NS 15000000000LL
+/* a sabotaged run fails anyway: do not wait long for progress it prevents */
+#define WL_DRAIN_SABOTAGE_NS 1000000000LL
+static int wl_no_drain;
+/*
+ * How long after SIGTERM a process drains.  A process that is SIGTERMed by
+ * another only once that one has drained (e.g. a child by its root) halves
+ * it, so that both fit in the harness's 30 s.
+ */
+static int64_t wl_drain_ns = WL_DRAIN_NS;
+static int64_t wl_term_seen; /* when SIGTERM was first seen here; 0: not yet */
+static int wl_drain_reported;
+
+/* After SIGTERM: 1 while the drain deadline has not passed (0 at once with CRT_WL_NO_DRAIN=1). */
+static __attribute__((unused)) int wl_drain_time_left(void)
+{
+	if (!wl_term)
+		return 1;
+	int64_t now = wl_now_ns();
+	if (wl_term_seen == 0)
+		wl_term_seen = now;
+	return !wl_no_drain && now - wl_term_seen < wl_drain_ns;
+}
+
+/*
+ * The loop condition of a workload's main loop: 1 until SIGTERM; after it,
+ * 1 until `satisfied` (the progress the final checks need) holds, or the
+ * drain deadline passed, or at once with CRT_WL_NO_DRAIN=1.  When it first
+ * returns 0 it logs an INFO line saying how long the drain took.
+ */
+static __attribute__((unused)) int wl_keep_going(int satisfied)
+{
+	if (!wl_term)
+		return 1;
+	int left = wl_drain_time_left();
+	if (left && !satisfied)
+		return 1;
+	if (!wl_drain_reported) {
+		wl_drain_reported = 1;
+		wl_printf("INFO %s: drained %lld ms after SIGTERM%s\n", wl_role,
+			  (long long)((wl_now_ns() - wl_term_seen) / 1000000),
+			  satisfied ? "" : wl_no_drain ? " (CRT_WL_NO_DRAIN=1)"
+						   : " (deadline passed without the progress wanted)");
+	}
+	return 0;
+}
+
 static __attribute__((unused)) void wl_init(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -131,6 +195,10 @@ static __attribute__((unused)) void wl_init(int argc, char **argv)
 	wl_pid = getpid();
 	const char *s = getenv("CRT_WL_SABOTAGE");
 	wl_sabotage = s != NULL && strcmp(s, "1") == 0;
+	const char *nd = getenv("CRT_WL_NO_DRAIN");
+	wl_no_drain = nd != NULL && strcmp(nd, "1") == 0;
+	if (wl_sabotage)
+		wl_drain_ns = WL_DRAIN_SABOTAGE_NS;
 
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
@@ -198,8 +266,6 @@ static __attribute__((unused)) inline uint64_t wl_mix(uint64_t x)
 /* ---- multi-process workloads ------------------------------------------ */
 #include <sys/wait.h>
 
-static const char *wl_role = "root";
-
 /*
  * In a freshly forked child: it has its own pid and failure count, prints
  * no READY (the root does), and ends with wl_child_exit().
@@ -241,6 +307,16 @@ static __attribute__((unused)) void wl_record_pid(const char *role, pid_t pid, p
 	if (fd < 0 || write(fd, line, (size_t)n) != n)
 		wl_die("writing pids file");
 	close(fd);
+}
+
+/* 1 if child `pid` has exited (or does not exist); it is not reaped. */
+static __attribute__((unused)) int wl_child_gone(pid_t pid)
+{
+	siginfo_t si;
+	memset(&si, 0, sizeof(si));
+	if (waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) != 0)
+		return errno != EINTR;
+	return si.si_pid == pid;
 }
 
 /*

@@ -5,6 +5,9 @@
 //! `FAIL: ...` on SIGTERM. State: a `HashMap`, a growing `Vec` and `String`,
 //! a `File` (`seq.txt`) with one sequence-numbered line per iteration, and
 //! `Instant` timing of each 5 ms sleep. `CRT_WL_SABOTAGE=1` corrupts the map.
+//! After SIGTERM it drains like the C workloads (`wl_keep_going`): it goes on
+//! until it has run `MARGIN` iterations since READY, for at most 15 s;
+//! `CRT_WL_NO_DRAIN=1` turns that off.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -50,6 +53,44 @@ impl Checks {
     }
 }
 
+/// Draining after SIGTERM, as `wl_keep_going` in `wl_common.h`.
+struct Drain {
+    /// `CRT_WL_NO_DRAIN=1`: stop at SIGTERM.
+    off: bool,
+    /// How long after SIGTERM it may drain.
+    limit: Duration,
+    /// When SIGTERM was first seen.
+    term_seen: Option<Instant>,
+    reported: bool,
+}
+
+impl Drain {
+    /// The main loop's condition: true until SIGTERM; after it, true until
+    /// `satisfied` (the progress the final checks need), or the deadline
+    /// passed, or at once if draining is off.
+    fn keep_going(&mut self, satisfied: bool) -> bool {
+        if !TERM.load(Ordering::SeqCst) {
+            return true;
+        }
+        let seen = *self.term_seen.get_or_insert_with(Instant::now);
+        if !self.off && !satisfied && seen.elapsed() < self.limit {
+            return true;
+        }
+        if !self.reported {
+            self.reported = true;
+            let why = if satisfied {
+                ""
+            } else if self.off {
+                " (CRT_WL_NO_DRAIN=1)"
+            } else {
+                " (deadline passed without the progress wanted)"
+            };
+            out(&format!("INFO root: drained {} ms after SIGTERM{why}\n", seen.elapsed().as_millis()));
+        }
+        false
+    }
+}
+
 const MAP_ENTRIES: u64 = 1000;
 const SLEEP: Duration = Duration::from_millis(5);
 const MARGIN: u64 = 20;
@@ -65,6 +106,13 @@ fn main() {
     };
     let pid = std::process::id();
     let sabotage = std::env::var("CRT_WL_SABOTAGE").is_ok_and(|v| v == "1");
+    let mut drain = Drain {
+        off: std::env::var("CRT_WL_NO_DRAIN").is_ok_and(|v| v == "1"),
+        // a sabotaged run fails anyway: do not wait long for progress
+        limit: Duration::from_secs(if sabotage { 1 } else { 15 }),
+        term_seen: None,
+        reported: false,
+    };
 
     let handler: extern "C" fn(libc::c_int) = on_term;
     // SAFETY: `on_term` only stores to an atomic, which is async-signal-safe.
@@ -92,7 +140,7 @@ fn main() {
 
     out("READY\n");
     let ready_iter = iter;
-    while !TERM.load(Ordering::SeqCst) {
+    while drain.keep_going(iter >= ready_iter + MARGIN) {
         let r = file.write_all(line(iter).as_bytes());
         checks.check(r.is_ok(), || format!("writing seq.txt line {iter}: {r:?}"));
         vec.push(iter * 3 + 1);
