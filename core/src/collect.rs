@@ -324,7 +324,7 @@ fn collect_fd(
     puppet: &mut Puppet,
     file_ids: &mut FileIds,
 ) -> Result<pb::Fd, DumpError> {
-    let desc = fd_desc(pid, fd)?;
+    let (desc, info) = fd_desc(pid, fd)?;
     let h = registry.claim_fd(&desc).ok_or_else(|| DumpError::UnclaimedFd {
         pid,
         fd,
@@ -332,6 +332,10 @@ fn collect_fd(
         kind: file_kind(desc.mode),
     })?;
     let (file_id, shared_ref) = file_ids.id(pid, fd, desc.dev, desc.ino);
+    let copy = puppet.take_fd(fd)?;
+    let common = crate::fdstate::dump(pid, fd, &info, std::os::fd::AsFd::as_fd(&copy), !shared_ref)
+        .map_err(|what| DumpError::Unsupported { pid, what: format!("{what} ({})", desc.link) })?;
+    drop(copy);
     let blob = if shared_ref {
         Vec::new()
     } else {
@@ -354,6 +358,8 @@ fn collect_fd(
         link: desc.link.to_string(),
         file_id,
         shared_ref,
+        state: common.state,
+        locks: common.locks,
     })
 }
 
@@ -425,7 +431,7 @@ pub fn vma_desc(pid: i32, m: &procfs::MapsEntry) -> VmaDesc {
     }
 }
 
-fn fd_desc(pid: i32, fd: i32) -> Result<FdDesc, DumpError> {
+fn fd_desc(pid: i32, fd: i32) -> Result<(FdDesc, procfs::FdInfo), DumpError> {
     use std::os::unix::fs::MetadataExt;
     let link = procfs::link(pid, &format!("fd/{fd}"))?;
     let path = format!("/proc/{pid}/fd/{fd}");
@@ -435,7 +441,7 @@ fn fd_desc(pid: i32, fd: i32) -> Result<FdDesc, DumpError> {
         source,
     })?;
     let info = procfs::fdinfo(pid, fd)?;
-    Ok(FdDesc {
+    let desc = FdDesc {
         pid,
         fd,
         link: link.as_str().into(),
@@ -448,7 +454,8 @@ fn fd_desc(pid: i32, fd: i32) -> Result<FdDesc, DumpError> {
         flags: info.flags,
         pos: info.pos,
         mnt_id: info.mnt_id,
-    })
+    };
+    Ok((desc, info))
 }
 
 fn file_kind(mode: u32) -> &'static str {

@@ -245,13 +245,6 @@ fn check_supported(forest: &Forest) -> Result<(), DumpError> {
             });
         }
     }
-    let pids: Vec<i32> = forest.procs.iter().map(|p| p.pid).collect();
-    if let Some((pid, kind)) = crate::unsupported::lock_holders(&pids) {
-        return Err(DumpError::Unsupported {
-            pid,
-            what: format!("holds a file lock ({kind}); crt cannot restore file locks yet, release it before dumping"),
-        });
-    }
     Ok(())
 }
 
@@ -299,6 +292,9 @@ fn collect_and_write(
         }
         collected.push((task, plans));
     }
+
+    // Locks of shared descriptions go back to the process that took them.
+    crate::fdstate::assign_lock_takers(&mut collected.iter_mut().map(|(t, _)| t).collect::<Vec<_>>());
 
     // 4. Identify sharing with the outside: a pipe or socket held by a
     // process that is not dumped cannot be restored connected.

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod collect;
 pub mod dump;
 pub mod fault;
+pub mod fdstate;
 pub mod forest;
 pub mod handlers;
 pub mod images;

@@ -1,5 +1,5 @@
 //! State crt cannot restore yet, refused at dump time (before anything is
-//! written) rather than silently lost: file locks, seccomp
+//! written) rather than silently lost: seccomp
 //! filters, other namespaces, capabilities restore would not give back.
 
 use crate::procfs::{self, Status};
@@ -49,23 +49,6 @@ fn capabilities(st: &Status) -> Option<String> {
             st.uids.get(1).copied().unwrap_or(0),
             st.cap_eff
         ));
-    }
-    None
-}
-
-/// Pids of the forest holding file locks (flock, fcntl, OFD), from /proc/locks.
-pub fn lock_holders(forest: &[i32]) -> Option<(i32, String)> {
-    let locks = procfs::read("/proc/locks").ok()?;
-    for line in locks.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // "1: POSIX  ADVISORY  WRITE 1234 fd:00:123 0 EOF"; blocked waiters have "->".
-        let pid_field = if f.get(1) == Some(&"->") { f.get(5) } else { f.get(4) };
-        if let Some(pid) = pid_field.and_then(|p| p.parse::<i32>().ok()) {
-            if forest.contains(&pid) {
-                let kind = if f.get(1) == Some(&"->") { f.get(2) } else { f.get(1) };
-                return Some((pid, kind.unwrap_or(&"?").to_string()));
-            }
-        }
     }
     None
 }

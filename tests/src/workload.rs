@@ -58,6 +58,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "memfd_share",
     "clone_files",
     "timers_rlimits",
+    "fd_state",
 ];
 
 /// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed

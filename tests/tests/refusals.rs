@@ -55,16 +55,26 @@ fn refused(mode: &str, needle: &str) {
     w.terminate_and_check();
 }
 
+/// Locks are restored (no longer refused): the holder's own checks
+/// (lock still in place) pass after the round trip.
 #[test]
-fn fcntl_lock_is_refused() {
+fn file_locks_survive() {
     crt_tests::init!();
-    refused("lock", "file lock");
+    for mode in ["lock", "flock"] {
+        crt_tests::Forest::from_workloads(vec![Workload::spawn_with_env(
+            "unsupported_state",
+            &[("CRT_UNSUPPORTED", mode)],
+        )])
+        .roundtrip();
+    }
 }
 
+/// A lease in the middle of being broken (another process waits in open
+/// for the holder to give it up) is refused, naming the fd and the state.
 #[test]
-fn flock_is_refused() {
+fn breaking_lease_is_refused() {
     crt_tests::init!();
-    refused("flock", "file lock");
+    refused("lease_breaking", "lease is being broken");
 }
 
 #[test]

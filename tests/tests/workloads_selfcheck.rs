@@ -80,6 +80,21 @@ fn sabotaged(name: &str, needle: &str) {
 }
 
 #[test]
+fn fd_state_passes() {
+    selfcheck("fd_state");
+}
+
+#[test]
+fn fd_state_detects_a_lost_lock() {
+    sabotaged("fd_state", "posix lock 0-9");
+}
+
+#[test]
+fn fd_state_detects_a_lost_flag() {
+    sabotaged("fd_state", "pipe read end flags");
+}
+
+#[test]
 fn counters_detects_heap_corruption() {
     sabotaged("counters", "heap pattern");
 }

@@ -8,6 +8,9 @@
  *             counting handler (restorable: ticks must continue)
  *   seccomp — runs under an allow-everything seccomp filter
  *   nnp     — sets no_new_privs (restorable: checked at SIGTERM)
+ *   lease_breaking — holds a read lease that a child's open for writing
+ *             is breaking (the child waits in open until SIGTERM)
+
  * At SIGTERM it checks the state is still in place (lock held, timer
  * armed, filter on, no_new_privs set).
  */
@@ -25,8 +28,12 @@ static void on_tick(int sig)
 	ticks++;
 }
 
+static pid_t breaker = -1;
+static int lease_fd = -1;
+
 int main(int argc, char **argv)
 {
+
 	wl_init(argc, argv);
 	const char *mode = getenv("CRT_UNSUPPORTED");
 	if (!mode)
@@ -67,15 +74,45 @@ int main(int argc, char **argv)
 	} else if (!strcmp(mode, "nnp")) {
 		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
 			wl_die("nnp");
+	} else if (!strcmp(mode, "lease_breaking")) {
+		/* a read lease, and a child whose open for writing breaks it:
+		 * the child waits in open() until the lease is given up */
+		signal(SIGIO, on_tick); /* the lease-break notice */
+		int rd = open(wl_path("leased"), O_RDONLY | O_CREAT, 0644);
+		if (rd < 0 || fcntl(rd, F_SETLEASE, F_RDLCK) != 0)
+			wl_die("F_SETLEASE");
+		breaker = fork();
+		if (breaker == 0) {
+			int w = open(wl_path("leased"), O_WRONLY);
+			_exit(w < 0 ? 1 : 0);
+		}
+		lease_fd = rd;
+		usleep(100000);
 	}
 	uint64_t n = 0, at_ready;
 	at_ready = n;
 	sig_atomic_t ticks_at_ready = ticks;
 	wl_ready();
-	while (!wl_term) {
+	while (wl_keep_going(n > at_ready + 20 && (strcmp(mode, "timer_sig") || ticks > ticks_at_ready + 10))) {
 		n++;
 		usleep(1000);
 	}
+	if (lease_fd >= 0) {
+		fcntl(lease_fd, F_SETLEASE, F_UNLCK);
+		wl_wait_child(breaker, "breaker", 10000);
+	}
+	if (!strcmp(mode, "lock")) {
+		pid_t me = getpid(), c = fork();
+		if (c == 0) {
+			struct flock q = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+			int o = open(wl_path("locked"), O_RDWR);
+			_exit(o >= 0 && fcntl(o, F_GETLK, &q) == 0 && q.l_type == F_WRLCK && q.l_pid == me ? 0 : 1);
+		}
+		int st = 0;
+		waitpid(c, &st, 0);
+		WL_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "fcntl lock no longer held");
+	}
+
 	if (!strcmp(mode, "nnp") || !strcmp(mode, "seccomp"))
 		WL_CHECK(prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1, "no_new_privs lost");
 	if (!strcmp(mode, "timer")) {

@@ -11,6 +11,7 @@ use crt_plugin_api::{FdDesc, Handler, HandlerBox, Handler_TO, VmaDesc};
 
 mod anon;
 mod chardev;
+mod directory;
 mod epoll;
 mod eventfd;
 mod filemap;
@@ -18,6 +19,7 @@ mod inet;
 mod inotify;
 mod memfd;
 mod memory;
+mod opath;
 mod pipe;
 mod regfile;
 mod signalfd;
@@ -195,6 +197,41 @@ fn open_raw(path: &str, flags: i32) -> Result<i32, String> {
 
 /// Flags that must not be replayed when reopening a file.
 const REOPEN_STRIP: i32 = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | libc::O_CLOEXEC;
+
+/// Opens the file of `img` again by path with its dumped flags (plus
+/// `extra`), and checks it is the same inode; returns the fd.
+fn reopen_same(img: &crate::images::pb::RegFile, extra: i32) -> Result<i32, String> {
+    let fd = open_raw(&img.path, (img.flags as i32 | extra) & !REOPEN_STRIP)?;
+    // SAFETY: an all-zero stat is a valid out buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on the fd we just opened, with a valid out buffer.
+    let r = unsafe { libc::fstat(fd, &mut st) };
+    if r != 0 || (!on_procfs(fd) && (st.st_dev != img.dev || st.st_ino != img.ino)) {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: closing our own fd on the error path.
+        unsafe { libc::close(fd) };
+        return Err(if r != 0 {
+            format!("fstat {}: {e}", img.path)
+        } else {
+            format!(
+                "{} is now inode {} on device {:#x}, but was inode {} on device {:#x} at dump time; it was replaced since the dump",
+                img.path, st.st_ino, st.st_dev, img.ino, img.dev
+            )
+        });
+    }
+    Ok(fd)
+}
+
+/// True for a file of `/proc`: its inodes are made anew for every process
+/// (so a `/proc/PID/...` file of a restored pid is another inode, with
+/// another time, and still the right file).
+fn on_procfs(fd: i32) -> bool {
+    // SAFETY: an all-zero statfs is a valid out buffer.
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs on a valid fd with a valid out buffer.
+    let r = unsafe { libc::fstatfs(fd, &mut sfs) };
+    r == 0 && sfs.f_type == libc::PROC_SUPER_MAGIC
+}
 
 fn is_deleted(link: &str) -> bool {
     link.ends_with(" (deleted)")

@@ -4,9 +4,12 @@
 //! opens a second read end through `/proc/PID/fd/N` and `tee(2)`s the pipe
 //! into a private pipe. The first end of a pipe dumped carries the bytes.
 //! At restore, the first end restored creates the pipe and refills it;
-//! ends not held by any task are closed when the restore finishes. A FIFO
-//! is reopened by path: crt first holds it open read-write (which never
-//! blocks and keeps the buffered bytes alive), then opens each end.
+//! ends not held by any task are closed when the restore finishes. Two
+//! open file descriptions of one end (a pipe end reopened through
+//! `/proc/self/fd/N`) stay two. A FIFO is reopened by path: crt first
+//! holds it open read-write (which never blocks and keeps the buffered
+//! bytes alive), then opens each end. A FIFO unlinked while open is made
+//! again under a temporary name in its directory, opened, and unlinked.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -25,9 +28,18 @@ use crate::images::pb;
 pub struct Pipe {
     /// Pipes whose bytes are already in the image (dump).
     dumped: Mutex<HashSet<(u64, u64)>>,
-    /// Pipes recreated so far: read end, write end (restore). For a FIFO
-    /// both are one read-write descriptor that keeps it open.
-    made: Mutex<HashMap<(u64, u64), (OwnedFd, OwnedFd)>>,
+    /// Pipes recreated so far (restore).
+    made: Mutex<HashMap<(u64, u64), Made>>,
+}
+
+/// A pipe recreated at restore.
+struct Made {
+    /// Read end and write end; for a FIFO both are one read-write
+    /// descriptor that keeps it open.
+    ends: [OwnedFd; 2],
+    /// Whether the read / write end's own description was handed out (a
+    /// second description of that end is opened anew).
+    handed: [bool; 2],
 }
 
 inventory::submit! { Builtin { priority: 120, make: || boxed(Pipe::default()) } }
@@ -129,11 +141,15 @@ impl Handler for Pipe {
         let first = self.dumped.lock().map(|mut s| s.insert((fd.dev, fd.ino))).unwrap_or(false);
         let r = (|| -> Result<Vec<u8>, String> {
             let (pipe_size, data) = if first { peek(fd.pid, fd.fd)? } else { (0, Vec::new()) };
-            if fd.link.ends_with(" (deleted)") {
-                return Err(format!("FIFO {} was deleted; crt cannot recreate it", fd.link));
-            }
+            let deleted = fd.link.strip_suffix(" (deleted)");
             let img = pb::PipeEnd {
-                fifo_path: if fd.link.starts_with('/') { fd.link.to_string() } else { String::new() },
+                fifo_path: if fd.link.starts_with('/') {
+                    deleted.unwrap_or(&fd.link).to_string()
+                } else {
+                    String::new()
+                },
+                fifo_deleted: deleted.is_some(),
+                fifo_mode: fd.mode & 0o7777,
                 ino: fd.ino,
                 dev: fd.dev,
                 write_end: fd.flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32,
@@ -168,39 +184,79 @@ impl Pipe {
     fn restore(&self, blob: &[u8]) -> Result<i32, String> {
         let img = pb::PipeEnd::decode(blob).map_err(|e| format!("corrupt pipe record: {e}"))?;
         let mut made = self.made.lock().map_err(|_| "pipe state poisoned".to_string())?;
-        let (r, w) = match made.entry((img.dev, img.ino)) {
+        let m = match made.entry((img.dev, img.ino)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) if !img.fifo_path.is_empty() => {
-                let anchor = open_fifo(&img.fifo_path, libc::O_RDWR)?;
-                if img.pipe_size > 0 {
-                    fcntl(&anchor, libc::F_SETPIPE_SZ, img.pipe_size as i32)?;
-                }
-                let other = anchor.try_clone().map_err(|e| format!("dup: {e}"))?;
-                e.insert((anchor, other))
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let (r, w) = pipe2()?;
-                if img.pipe_size > 0 {
-                    fcntl(&w, libc::F_SETPIPE_SZ, img.pipe_size as i32)?;
-                }
-                e.insert((r, w))
-            }
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(make(&img)?),
         };
-        let (r, w) = (&*r, &*w);
         if img.has_data && !img.data.is_empty() {
-            let mut f = std::fs::File::from(w.try_clone().map_err(|e| format!("dup: {e}"))?);
+            let mut f = std::fs::File::from(m.ends[1].try_clone().map_err(|e| format!("dup: {e}"))?);
             f.write_all(&img.data).map_err(|e| format!("refilling the pipe with {} bytes: {e}", img.data.len()))?;
         }
         let status = img.flags as i32 & (libc::O_NONBLOCK | libc::O_DIRECT);
-        if !img.fifo_path.is_empty() {
+        let acc = img.flags as i32 & libc::O_ACCMODE;
+        let end = if !img.fifo_path.is_empty() && !img.fifo_deleted {
             // Its own open file description, as the task had it.
-            let acc = img.flags as i32 & libc::O_ACCMODE;
-            let end = open_fifo(&img.fifo_path, acc)?;
-            fcntl(&end, libc::F_SETFL, status)?;
-            return Ok(end.into_raw_fd());
-        }
-        let end = if img.write_end { w } else { r };
-        fcntl(end, libc::F_SETFL, status)?;
-        Ok(end.try_clone().map_err(|e| format!("dup: {e}"))?.into_raw_fd())
+            open_fifo(&img.fifo_path, acc)?
+        } else {
+            let k = usize::from(img.write_end);
+            if img.fifo_path.is_empty() && !m.handed[k] {
+                m.handed[k] = true;
+                m.ends[k].try_clone().map_err(|e| format!("dup: {e}"))?
+            } else {
+                reopen_end(&m.ends[k], acc)?
+            }
+        };
+        fcntl(&end, libc::F_SETFL, status)?;
+        Ok(end.into_raw_fd())
     }
+}
+
+/// Creates the pipe or FIFO of `img` (its first end restored).
+fn make(img: &pb::PipeEnd) -> Result<Made, String> {
+    let [r, w] = if img.fifo_deleted {
+        let anchor = ghost_fifo(img)?;
+        let other = anchor.try_clone().map_err(|e| format!("dup: {e}"))?;
+        [anchor, other]
+    } else if !img.fifo_path.is_empty() {
+        let anchor = open_fifo(&img.fifo_path, libc::O_RDWR)?;
+        let other = anchor.try_clone().map_err(|e| format!("dup: {e}"))?;
+        [anchor, other]
+    } else {
+        let (r, w) = pipe2()?;
+        [r, w]
+    };
+    if img.pipe_size > 0 {
+        fcntl(&w, libc::F_SETPIPE_SZ, img.pipe_size as i32)?;
+    }
+    Ok(Made { ends: [r, w], handed: [false, false] })
+}
+
+/// A new open file description of the pipe behind `end`, opened through
+/// `/proc/self/fd` with access mode `acc` (never blocks: crt holds both ends).
+fn reopen_end(end: &OwnedFd, acc: i32) -> Result<OwnedFd, String> {
+    let path = format!("/proc/self/fd/{}", end.as_raw_fd());
+    let f = std::fs::File::options()
+        .read(acc != libc::O_WRONLY)
+        .write(acc != libc::O_RDONLY)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| format!("opening another description of the pipe: {e}"))?;
+    Ok(f.into())
+}
+
+/// A FIFO like the deleted one of `img`, open read-write and unlinked
+/// again: made under a temporary name in its directory (or the system's
+/// temporary directory, if that is gone).
+fn ghost_fifo(img: &pb::PipeEnd) -> Result<OwnedFd, String> {
+    let dir = std::path::Path::new(&img.fifo_path).parent().filter(|d| d.is_dir()).map(|d| d.to_path_buf());
+    let dir = dir.unwrap_or_else(std::env::temp_dir);
+    let tmp = dir.join(format!(".crt-fifo-{}-{}", std::process::id(), img.ino));
+    let c = std::ffi::CString::new(tmp.to_string_lossy().as_bytes()).map_err(|_| "path with NUL".to_string())?;
+    // SAFETY: `c` is a valid C string.
+    if unsafe { libc::mkfifo(c.as_ptr(), img.fifo_mode & 0o7777) } != 0 {
+        return Err(os_err(&format!("recreating deleted FIFO {} as {}", img.fifo_path, tmp.display())));
+    }
+    let anchor = open_fifo(&tmp.to_string_lossy(), libc::O_RDWR);
+    let _ = std::fs::remove_file(&tmp);
+    anchor
 }

@@ -122,6 +122,40 @@ fn restore_ghost(img: &pb::RegFile) -> Result<i32, String> {
     Ok(fd)
 }
 
+/// Refuses a file that is not the one dumped: another inode (replaced), or
+/// another size or modification time (changed since the dump), except a
+/// file opened with `O_APPEND` that has only grown, such as a log.
+fn check_unchanged(img: &pb::RegFile, now: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if img.ino != 0 && (now.ino() != img.ino || now.dev() != img.dev) {
+        return Err(format!(
+            "{} is now inode {}, but was inode {} at dump time; the file was replaced since the dump",
+            img.path,
+            now.ino(),
+            img.ino
+        ));
+    }
+    let size = now.len() as i64;
+    let appended = img.flags as i32 & libc::O_APPEND != 0 && size > img.size;
+    if appended {
+        return Ok(());
+    }
+    if size != img.size {
+        return Err(format!(
+            "{}: size is {size} bytes, but was {} at dump time; the file changed since the dump",
+            img.path, img.size
+        ));
+    }
+    let mtime = now.mtime() * 1_000_000_000 + now.mtime_nsec();
+    if img.mtime_ns != 0 && mtime != img.mtime_ns {
+        return Err(format!(
+            "{}: modified at {} ns, but at {} ns at dump time; the file changed since the dump",
+            img.path, mtime, img.mtime_ns
+        ));
+    }
+    Ok(())
+}
+
 /// Reopens the file of a [`dump_blob`] record at its flags and offset; the caller owns the fd.
 pub(crate) fn restore(blob: &[u8]) -> Result<i32, String> {
     let img = pb::RegFile::decode(blob).map_err(|e| format!("corrupt regfile record: {e}"))?;
@@ -132,14 +166,8 @@ pub(crate) fn restore(blob: &[u8]) -> Result<i32, String> {
     // SAFETY: fd was just opened by us and is owned here.
     let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let meta = std::fs::File::from(owned);
-    let size = meta.metadata().map_err(|e| format!("stat {}: {e}", img.path))?.len() as i64;
-    // A file opened O_APPEND that only grew is safe: writes land at the end.
-    let appended = img.flags as i32 & libc::O_APPEND != 0 && size > img.size;
-    if size != img.size && !appended {
-        return Err(format!(
-            "{}: size is {size} bytes, but was {} at dump time; the file changed since the dump",
-            img.path, img.size
-        ));
+    if !super::on_procfs(std::os::fd::AsRawFd::as_raw_fd(&meta)) {
+        check_unchanged(&img, &meta.metadata().map_err(|e| format!("stat {}: {e}", img.path))?)?;
     }
     let fd = std::os::fd::IntoRawFd::into_raw_fd(meta);
     // SAFETY: lseek on an fd we own.

@@ -321,6 +321,7 @@ impl Builder {
         if !self.shares_files {
             self.install_fds(ctx, task)?;
         }
+        self.take_locks(task)?;
         self.set_attributes(task)?;
         stats.map += t.elapsed().as_secs_f64();
         Ok(())
@@ -334,6 +335,7 @@ impl Builder {
         let p = &mut self.p;
         ctx.registry.hook("restore_resume", |h| h.restore_resume(crate::collect::task_ref(p)))?;
         self.set_creds(task)?;
+        self.set_leases_and_owners(task)?;
         self.finish(task)?;
         debug!(pid = self.pid, injected = self.p.injected(), "task rebuilt");
         Ok(())

@@ -1,0 +1,58 @@
+//! Built-in handler for `O_PATH` descriptors of every file type (regular
+//! files, directories, symlinks opened with `O_NOFOLLOW`, devices, FIFOs,
+//! socket files): an `O_PATH` fd only names a file, so reopening the same
+//! inode by path is a faithful restore.
+
+use abi_stable::std_types::{RResult, RSlice, RString, RVec};
+use crt_plugin_api::{FdDesc, Handler, TaskRef};
+use prost::Message;
+
+use super::{boxed, is_deleted, reopen_same, Builtin, BUILTIN_VERSION};
+use crate::images::pb;
+
+/// `open(path, O_PATH)` descriptors.
+pub struct OPath;
+
+inventory::submit! { Builtin { priority: 80, make: || boxed(OPath) } }
+
+impl Handler for OPath {
+    fn name(&self) -> RString {
+        "opath".into()
+    }
+
+    fn version(&self) -> RString {
+        BUILTIN_VERSION.into()
+    }
+
+    fn claims(&self) -> RString {
+        "fd: O_PATH descriptors of any file type (symlinks with O_NOFOLLOW, devices, FIFOs, sockets)".into()
+    }
+
+    fn claims_fd(&self, fd: &FdDesc) -> bool {
+        fd.flags & libc::O_PATH as u32 != 0 && fd.link.starts_with('/')
+    }
+
+    fn dump_fd(&self, _task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
+        if is_deleted(&fd.link) {
+            return RResult::RErr(
+                format!("O_PATH fd on {}, which was deleted; crt cannot name it again", fd.link).into(),
+            );
+        }
+        let img = pb::RegFile {
+            path: fd.link.to_string(),
+            flags: fd.flags,
+            mode: fd.mode,
+            dev: fd.dev,
+            ino: fd.ino,
+            ..Default::default()
+        };
+        RResult::ROk(img.encode_to_vec().into())
+    }
+
+    fn restore_fd(&self, _task: TaskRef<'_>, _fd: i32, blob: RSlice<'_, u8>) -> RResult<i32, RString> {
+        let r = pb::RegFile::decode(blob.as_slice())
+            .map_err(|e| format!("corrupt opath record: {e}"))
+            .and_then(|img| reopen_same(&img, libc::O_PATH));
+        r.map_err(RString::from).into()
+    }
+}
