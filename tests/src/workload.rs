@@ -59,6 +59,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "clone_files",
     "timers_rlimits",
     "fd_state",
+    "ghosts",
 ];
 
 /// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed

@@ -10,3 +10,9 @@ fn fd_state_roundtrip() {
     crt_tests::init!();
     roundtrip("fd_state");
 }
+
+#[test]
+fn ghosts_roundtrip() {
+    crt_tests::init!();
+    roundtrip("ghosts");
+}

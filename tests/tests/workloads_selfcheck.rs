@@ -85,6 +85,16 @@ fn fd_state_passes() {
 }
 
 #[test]
+fn ghosts_passes() {
+    selfcheck("ghosts");
+}
+
+#[test]
+fn ghosts_detects_a_changed_mode() {
+    sabotaged("ghosts", "ghost a: mode 600");
+}
+
+#[test]
 fn fd_state_detects_a_lost_lock() {
     sabotaged("fd_state", "posix lock 0-9");
 }

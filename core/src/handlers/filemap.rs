@@ -5,7 +5,7 @@ use abi_stable::std_types::{RResult, RSlice, RString};
 use crt_plugin_api::{Handler, PagePolicy, TaskRef, VmaDesc, VmaDump, VmaRestore};
 use prost::Message;
 
-use super::{boxed, is_deleted, open_raw, Builtin, BUILTIN_VERSION};
+use super::{boxed, ghost, is_deleted, open_raw, Builtin, BUILTIN_VERSION};
 use crate::images::pb;
 
 /// File-backed memory: the file is reopened by path and mapped again;
@@ -29,8 +29,8 @@ impl Handler for FileMemory {
 
     fn claims_vma(&self, vma: &VmaDesc) -> bool {
         let path = vma.name.as_str();
-        // Regular files only: a mapped device needs a device plugin. A
-        // deleted file is claimed so that the dump can say why it refuses.
+        // Regular files only: a mapped device needs a device plugin.
+
         vma.ino != 0
             && path.starts_with('/')
             && path != "/dev/zero (deleted)"
@@ -56,14 +56,22 @@ fn dump(vma: &VmaDesc) -> Result<VmaDump, String> {
             vma.start
         ));
     }
+    if path.starts_with("/SYSV") {
+        return Err(format!("SysV shared memory at {:#x}-{:#x}: crt cannot restore it yet", vma.start, vma.end));
+    }
+    // The mapping's file was opened for writing too when its map_files
+    // link is writable (the link's mode mirrors the file's f_mode).
+    let via = format!("/proc/{}/map_files/{:x}-{:x}", vma.pid, vma.start, vma.end);
+    let link = std::fs::symlink_metadata(&via).map_err(|e| format!("stat {via}: {e}"))?;
+    use std::os::unix::fs::MetadataExt;
+    let flags = if link.mode() & 0o200 != 0 { libc::O_RDWR } else { libc::O_RDONLY } as u32;
+    let pages = if vma.shared { PagePolicy::None } else { PagePolicy::Private };
     if is_deleted(path) {
-        return Err(format!(
-            "mapping {:#x}-{:#x} of {path}: the file was deleted (or is SysV shared memory); crt cannot restore it",
-            vma.start, vma.end
-        ));
+        let g = ghost::dump(&via, path, vma.dev, vma.ino)?;
+        let img = pb::RegFile { path: g.path.clone(), flags, ghost: true, deleted: Some(g), ..Default::default() };
+        return Ok(VmaDump { blob: img.encode_to_vec().into(), pages });
     }
     let meta = std::fs::metadata(path).map_err(|e| format!("stat {path}: {e}"))?;
-    use std::os::unix::fs::MetadataExt;
     if meta.ino() != vma.ino {
         return Err(format!(
             "{path}: inode {} differs from the mapped inode {}; the file was replaced",
@@ -73,6 +81,7 @@ fn dump(vma: &VmaDesc) -> Result<VmaDump, String> {
     }
     let img = pb::RegFile {
         path: path.to_string(),
+        flags,
         mode: meta.mode(),
         size: meta.size() as i64,
         dev: meta.dev(),
@@ -80,19 +89,33 @@ fn dump(vma: &VmaDesc) -> Result<VmaDump, String> {
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
         ..Default::default()
     };
-    Ok(VmaDump {
-        blob: img.encode_to_vec().into(),
-        pages: if vma.shared { PagePolicy::None } else { PagePolicy::Private },
-    })
+    Ok(VmaDump { blob: img.encode_to_vec().into(), pages })
 }
 
 fn restore(vma: &VmaDesc, blob: &[u8]) -> Result<VmaRestore, String> {
     let img = pb::RegFile::decode(blob).map_err(|e| format!("corrupt file-memory record: {e}"))?;
-    let write = vma.shared && vma.prot & libc::PROT_WRITE as u32 != 0;
-    let fd = open_raw(&img.path, if write { libc::O_RDWR } else { libc::O_RDONLY })?;
+    // As the task had it open; images without the mode: what the mapping needs.
+    let needs_write = vma.shared && vma.prot & libc::PROT_WRITE as u32 != 0;
+    let acc =
+        if img.flags as i32 & libc::O_ACCMODE == libc::O_RDWR || needs_write { libc::O_RDWR } else { libc::O_RDONLY };
+    if let Some(g) = &img.deleted {
+        let anchor = ghost::restore(g)?;
+        return Ok(VmaRestore::MapFd(ghost::reopen(&anchor, acc)?));
+    }
+    let fd = open_raw(&img.path, acc)?;
     // SAFETY: fd was just opened and is owned here.
     let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let size = file.metadata().map_err(|e| format!("stat {}: {e}", img.path))?.len() as i64;
+    let meta = file.metadata().map_err(|e| format!("stat {}: {e}", img.path))?;
+    use std::os::unix::fs::MetadataExt;
+    if meta.ino() != img.ino || meta.dev() != img.dev {
+        return Err(format!(
+            "{}: inode {} is not the mapped inode {}; the file was replaced since the dump",
+            img.path,
+            meta.ino(),
+            img.ino
+        ));
+    }
+    let size = meta.len() as i64;
     if size != img.size {
         return Err(format!(
             "{}: size is {size} bytes, but was {} at dump time; the mapped file changed since the dump",

@@ -11,10 +11,14 @@ use crt_plugin_api::{FdDesc, Handler, HandlerBox, Handler_TO, VmaDesc};
 
 mod anon;
 mod chardev;
+mod contents;
+
 mod directory;
 mod epoll;
 mod eventfd;
 mod filemap;
+mod ghost;
+
 mod inet;
 mod inotify;
 mod memfd;
@@ -206,7 +210,7 @@ fn reopen_same(img: &crate::images::pb::RegFile, extra: i32) -> Result<i32, Stri
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat on the fd we just opened, with a valid out buffer.
     let r = unsafe { libc::fstat(fd, &mut st) };
-    if r != 0 || (!on_procfs(fd) && (st.st_dev != img.dev || st.st_ino != img.ino)) {
+    if r != 0 || (!on_kernel_fs(fd) && (st.st_dev != img.dev || st.st_ino != img.ino)) {
         let e = std::io::Error::last_os_error();
         // SAFETY: closing our own fd on the error path.
         unsafe { libc::close(fd) };
@@ -222,15 +226,21 @@ fn reopen_same(img: &crate::images::pb::RegFile, extra: i32) -> Result<i32, Stri
     Ok(fd)
 }
 
-/// True for a file of `/proc`: its inodes are made anew for every process
-/// (so a `/proc/PID/...` file of a restored pid is another inode, with
-/// another time, and still the right file).
-fn on_procfs(fd: i32) -> bool {
+/// True for a file of a kernel file system whose files stand for kernel
+/// objects rather than stored data: `/proc` (inodes are made anew for
+/// every process, so a `/proc/PID/...` file of a restored pid is another
+/// inode, with another time, and still the right file), cgroup file systems
+/// (crt itself writes `cgroup.procs` when it restores a task, and a
+/// recreated cgroup has new inodes) and sysfs.
+fn on_kernel_fs(fd: i32) -> bool {
+    const CGROUP_SUPER_MAGIC: libc::c_long = 0x27e0eb;
+    const CGROUP2_SUPER_MAGIC: libc::c_long = 0x6367_7270;
+    const SYSFS_MAGIC: libc::c_long = 0x6265_6572;
     // SAFETY: an all-zero statfs is a valid out buffer.
     let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: fstatfs on a valid fd with a valid out buffer.
     let r = unsafe { libc::fstatfs(fd, &mut sfs) };
-    r == 0 && sfs.f_type == libc::PROC_SUPER_MAGIC
+    r == 0 && [libc::PROC_SUPER_MAGIC, CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, SYSFS_MAGIC].contains(&sfs.f_type)
 }
 
 fn is_deleted(link: &str) -> bool {

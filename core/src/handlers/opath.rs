@@ -7,7 +7,7 @@ use abi_stable::std_types::{RResult, RSlice, RString, RVec};
 use crt_plugin_api::{FdDesc, Handler, TaskRef};
 use prost::Message;
 
-use super::{boxed, is_deleted, reopen_same, Builtin, BUILTIN_VERSION};
+use super::{boxed, ghost, is_deleted, reopen_same, Builtin, BUILTIN_VERSION};
 use crate::images::pb;
 
 /// `open(path, O_PATH)` descriptors.
@@ -33,26 +33,41 @@ impl Handler for OPath {
     }
 
     fn dump_fd(&self, _task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
-        if is_deleted(&fd.link) {
-            return RResult::RErr(
-                format!("O_PATH fd on {}, which was deleted; crt cannot name it again", fd.link).into(),
+        let deleted = if is_deleted(&fd.link) && fd.file_type() != libc::S_IFREG {
+            let what = format!(
+                "O_PATH fd on {}, which was deleted and is not a regular file; crt cannot name it again",
+                fd.link
             );
-        }
+            return RResult::RErr(what.into());
+        } else if is_deleted(&fd.link) {
+            match ghost::dump(&format!("/proc/{}/fd/{}", fd.pid, fd.fd), &fd.link, fd.dev, fd.ino) {
+                Ok(g) => Some(g),
+                Err(e) => return RResult::RErr(e.into()),
+            }
+        } else {
+            None
+        };
         let img = pb::RegFile {
-            path: fd.link.to_string(),
+            path: fd.link.strip_suffix(" (deleted)").unwrap_or(&fd.link).to_string(),
             flags: fd.flags,
             mode: fd.mode,
             dev: fd.dev,
             ino: fd.ino,
+            ghost: deleted.is_some(),
+            deleted,
             ..Default::default()
         };
         RResult::ROk(img.encode_to_vec().into())
     }
 
     fn restore_fd(&self, _task: TaskRef<'_>, _fd: i32, blob: RSlice<'_, u8>) -> RResult<i32, RString> {
-        let r = pb::RegFile::decode(blob.as_slice())
-            .map_err(|e| format!("corrupt opath record: {e}"))
-            .and_then(|img| reopen_same(&img, libc::O_PATH));
+        let r =
+            pb::RegFile::decode(blob.as_slice()).map_err(|e| format!("corrupt opath record: {e}")).and_then(|img| {
+                match &img.deleted {
+                    Some(g) => ghost::restore(g).and_then(|anchor| ghost::reopen(&anchor, libc::O_PATH)),
+                    None => reopen_same(&img, libc::O_PATH),
+                }
+            });
         r.map_err(RString::from).into()
     }
 }

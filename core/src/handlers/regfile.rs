@@ -5,15 +5,16 @@
 //! opened with `O_APPEND` that has only grown, such as a log.
 //!
 //! A file deleted while open (`tmpfile()`, a temporary unlinked after
-//! opening) is a *ghost*: its contents (up to [`GHOST_MAX`]) go in the
-//! record, and restore recreates it as an unnamed file (`O_TMPFILE`) in the
-//! same directory (or the system temporary directory if that is gone).
+//! opening) is a *ghost* (`ghost.rs`): reopened by file handle if it is
+//! still linked elsewhere, else copied into the image (holes, mode, owner
+//! and times kept; `--handler-opt regfile:ghost-limit=BYTES`, 64 MiB of
+//! data by default) and recreated as one unnamed file shared by all its fds.
 
-use abi_stable::std_types::{RResult, RSlice, RString, RVec};
+use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 use crt_plugin_api::{FdDesc, Handler, TaskRef};
 use prost::Message;
 
-use super::{boxed, is_deleted, open_raw, Builtin, BUILTIN_VERSION, REOPEN_STRIP};
+use super::{boxed, ghost, is_deleted, open_raw, Builtin, BUILTIN_VERSION, REOPEN_STRIP};
 use crate::images::pb;
 
 /// Regular files: path, open flags, offset; the size is checked at restore.
@@ -31,7 +32,27 @@ impl Handler for RegFile {
     }
 
     fn claims(&self) -> RString {
-        "fd: regular files opened by path; deleted ones up to 64 MiB with their contents".into()
+        "fd: regular files opened by path; deleted ones reopened or copied (64 MiB of data by default)".into()
+    }
+
+    fn hooks(&self) -> RString {
+        "dump_finish, restore_finish".into()
+    }
+
+    fn configure(&self, key: RStr<'_>, value: RStr<'_>) -> RResult<(), RString> {
+        let r = match key.as_str() {
+            "ghost-limit" => parse_size(value.as_str()).map(ghost::set_limit),
+            k => Err(format!("unknown option {k} (have: ghost-limit=BYTES, with K, M or G)")),
+        };
+        r.map_err(RString::from).into()
+    }
+
+    fn dump_finish(&self, _ok: bool) {
+        ghost::reset();
+    }
+
+    fn restore_finish(&self, _ok: bool) {
+        ghost::reset();
     }
 
     fn claims_fd(&self, fd: &FdDesc) -> bool {
@@ -47,16 +68,15 @@ impl Handler for RegFile {
     }
 }
 
-/// Largest deleted-but-open file crt stores.
-pub const GHOST_MAX: i64 = 64 << 20;
-
 /// The record of the regular file `fd` (also used by the unix handler for files in flight).
 pub(crate) fn dump_blob(fd: &FdDesc) -> Result<Vec<u8>, String> {
-    if is_deleted(&fd.link) {
-        return ghost_blob(fd);
-    }
+    let deleted = if is_deleted(&fd.link) {
+        Some(ghost::dump(&format!("/proc/{}/fd/{}", fd.pid, fd.fd), &fd.link, fd.dev, fd.ino)?)
+    } else {
+        None
+    };
     let img = pb::RegFile {
-        path: fd.link.to_string(),
+        path: fd.link.strip_suffix(" (deleted)").unwrap_or(&fd.link).to_string(),
         flags: fd.flags,
         pos: fd.pos,
         mode: fd.mode,
@@ -64,59 +84,35 @@ pub(crate) fn dump_blob(fd: &FdDesc) -> Result<Vec<u8>, String> {
         dev: fd.dev,
         ino: fd.ino,
         mtime_ns: fd.mtime_ns,
+        ghost: deleted.is_some(),
+        deleted,
         ..Default::default()
     };
     Ok(img.encode_to_vec())
 }
 
-/// A deleted file's record, with its contents.
-fn ghost_blob(fd: &FdDesc) -> Result<Vec<u8>, String> {
-    if fd.size > GHOST_MAX {
-        return Err(format!(
-            "{} was deleted while open and holds {} bytes; crt stores deleted files up to {GHOST_MAX} bytes",
-            fd.link, fd.size
-        ));
-    }
-    let via = format!("/proc/{}/fd/{}", fd.pid, fd.fd);
-    let data = std::fs::read(&via).map_err(|e| format!("reading deleted file {} through {via}: {e}", fd.link))?;
-    let img = pb::RegFile {
-        path: fd.link.strip_suffix(" (deleted)").unwrap_or(&fd.link).to_string(),
-        flags: fd.flags,
-        pos: fd.pos,
-        mode: fd.mode,
-        size: data.len() as i64,
-        dev: fd.dev,
-        ino: fd.ino,
-        mtime_ns: fd.mtime_ns,
-        ghost: true,
-        ghost_data: data,
-    };
-    Ok(img.encode_to_vec())
-}
-
-/// Recreates a deleted file as an unnamed file with its contents, then
-/// opens it with the dumped flags; returns that fd.
+/// A new open file description, with the dumped flags and offset, of the
+/// restored deleted file.
 fn restore_ghost(img: &pb::RegFile) -> Result<i32, String> {
-    use std::io::Write;
-    let dir = std::path::Path::new(&img.path).parent().filter(|d| d.is_dir()).map(|d| d.to_path_buf());
-    let dir = dir.unwrap_or_else(std::env::temp_dir);
-    let c = std::ffi::CString::new(dir.to_string_lossy().as_bytes()).map_err(|_| "path with NUL".to_string())?;
-    // SAFETY: valid C string; O_TMPFILE creates an unnamed file in `dir`.
-    let tmp = unsafe { libc::open(c.as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, img.mode & 0o7777) };
-    if tmp < 0 {
-        return Err(format!(
-            "recreating deleted file {} in {}: {}",
-            img.path,
-            dir.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: just created and owned here.
-    let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(tmp) };
-    f.write_all(&img.ghost_data).map_err(|e| format!("refilling deleted file {}: {e}", img.path))?;
-    // The dumped access mode and flags, on a new description of that file.
-    let own = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
-    let fd = open_raw(&own, img.flags as i32 & !REOPEN_STRIP)?;
+    let g = match &img.deleted {
+        Some(g) => g.clone(),
+        // Images from before `deleted`: the contents in one piece.
+        None => pb::Ghost {
+            path: img.path.clone(),
+            dev: img.dev,
+            ino: img.ino,
+            has_contents: true,
+            contents: Some(pb::FileContents {
+                size: img.ghost_data.len() as i64,
+                segments: vec![pb::Segment { offset: 0, data: img.ghost_data.clone() }],
+                mode: img.mode & 0o7777,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    };
+    let anchor = ghost::restore(&g)?;
+    let fd = ghost::reopen(&anchor, img.flags as i32 & !REOPEN_STRIP)?;
     // SAFETY: lseek on the fd we just opened.
     unsafe { libc::lseek(fd, img.pos, libc::SEEK_SET) };
     Ok(fd)
@@ -166,7 +162,7 @@ pub(crate) fn restore(blob: &[u8]) -> Result<i32, String> {
     // SAFETY: fd was just opened by us and is owned here.
     let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let meta = std::fs::File::from(owned);
-    if !super::on_procfs(std::os::fd::AsRawFd::as_raw_fd(&meta)) {
+    if !super::on_kernel_fs(std::os::fd::AsRawFd::as_raw_fd(&meta)) {
         check_unchanged(&img, &meta.metadata().map_err(|e| format!("stat {}: {e}", img.path))?)?;
     }
     let fd = std::os::fd::IntoRawFd::into_raw_fd(meta);
@@ -179,4 +175,18 @@ pub(crate) fn restore(blob: &[u8]) -> Result<i32, String> {
         return Err(format!("{}: seek to {}: {e}", img.path, img.pos));
     }
     Ok(fd)
+}
+
+/// `1048576`, `64K`, `64M`, `2G`.
+fn parse_size(v: &str) -> Result<u64, String> {
+    let (num, mul) = match v.as_bytes().last() {
+        Some(b'K' | b'k') => (&v[..v.len() - 1], 1 << 10),
+        Some(b'M' | b'm') => (&v[..v.len() - 1], 1 << 20),
+        Some(b'G' | b'g') => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("{v:?}: expected a size such as 1048576, 64K, 64M or 2G"))
 }
