@@ -11,6 +11,7 @@ use std::time::Instant;
 use tracing::{debug, info, info_span};
 
 use crate::collect::{self, PagePlan, Session};
+use crate::cow;
 use crate::forest::{Forest, ForestError, Frozen};
 use crate::handlers::Registry;
 use crate::images::{self, pb, ImageDir, ImageError, Kind};
@@ -318,13 +319,23 @@ fn collect_and_write(
     drop(pin);
     crate::fault::check("dump-after-collect")?;
 
-    // 5. Pages and task images.
+    // 5. Pages and task images: which pages, less those a child still
+    // shares with its parent since fork (cow.rs), then copied.
+    let mut runs = Vec::with_capacity(collected.len());
     for (task, plans) in &collected {
+        let t = Instant::now();
+        runs.push(scan_task_pages(task.pid, plans)?);
+        stats.pages += t.elapsed().as_secs_f64();
+    }
+    let t = Instant::now();
+    share_cow_pages(&mut collected, &mut runs, &forest.roots)?;
+    stats.pages += t.elapsed().as_secs_f64();
+    for ((task, _), runs) in collected.iter().zip(&runs) {
         let _span = info_span!("task", pid = task.pid).entered();
         let t = Instant::now();
         let pagemap = {
             let _s = info_span!("pages").entered();
-            dump_task_pages(task.pid, plans, out)?
+            dump_task_pages(task.pid, runs, out)?
         };
         stats.page_bytes += pagemap.total_pages * images::PAGE_SIZE;
         stats.pages += t.elapsed().as_secs_f64();
@@ -384,11 +395,10 @@ pub fn fingerprint(text: &[u8]) -> String {
     format!("crc32:{:08x}:{}", crc32fast::hash(text), text.len())
 }
 
-fn dump_task_pages(pid: i32, plans: &[PagePlan], out: &mut Output) -> Result<pb::PageMap, DumpError> {
+/// The pages of a task to store, by its handlers' page policies.
+fn scan_task_pages(pid: i32, plans: &[PagePlan]) -> Result<Vec<Run>, DumpError> {
     if plans.is_empty() {
-        // A zombie: no memory.
-        out.create_pages(pid, 0, 0)?;
-        return Ok(pb::PageMap { page_size: images::PAGE_SIZE, shards: 1, ..Default::default() });
+        return Ok(Vec::new()); // a zombie: no memory
     }
     let pagemap_path = format!("/proc/{pid}/pagemap");
     let pagemap = File::open(&pagemap_path).map_err(|source| DumpError::Io {
@@ -400,16 +410,48 @@ fn dump_task_pages(pid: i32, plans: &[PagePlan], out: &mut Output) -> Result<pb:
     for plan in plans {
         runs.extend(mem::scan(pid, &pagemap, plan.start, plan.end, plan.policy)?);
     }
+    Ok(runs)
+}
+
+/// Leaves out of each child's pages those it shares with its parent.
+fn share_cow_pages(
+    collected: &mut [(pb::Task, Vec<PagePlan>)],
+    runs: &mut [Vec<Run>],
+    roots: &[i32],
+) -> Result<(), DumpError> {
+    for c in 0..collected.len() {
+        let ppid = collected[c].0.ppid;
+        let Some(p) = collected.iter().position(|(t, _)| t.pid == ppid && !t.zombie) else { continue };
+        // Roots are created by crt, not by their parent; parents come
+        // first in the forest's order.
+        if collected[c].0.zombie || roots.contains(&collected[c].0.pid) || p >= c {
+            continue;
+        }
+        let (parents, rest) = collected.split_at_mut(c);
+        let (run_parents, run_rest) = runs.split_at_mut(c);
+        let parent = cow::Pages { pid: parents[p].0.pid, vmas: &mut parents[p].0.vmas, runs: &mut run_parents[p] };
+        let mut child = cow::Pages { pid: rest[0].0.pid, vmas: &mut rest[0].0.vmas, runs: &mut run_rest[0] };
+        let n = cow::share_with_parent(&mut child, &parent)?;
+        debug!(pid = child.pid, ppid, pages = n, "pages shared with the parent since fork");
+    }
+    Ok(())
+}
+
+fn dump_task_pages(pid: i32, runs: &[Run], out: &mut Output) -> Result<pb::PageMap, DumpError> {
+    if runs.is_empty() {
+        out.create_pages(pid, 0, 0)?;
+        return Ok(pb::PageMap { page_size: images::PAGE_SIZE, shards: 1, ..Default::default() });
+    }
     let total: u64 = runs.iter().map(|r| r.pages).sum();
     // Big tasks write two shards in parallel (tmpfs serializes writes to
     // one file on its inode lock).
     let shards = if total * images::PAGE_SIZE >= 2 * mem::CHUNK as u64 { PAGE_SHARDS } else { 1 };
-    let files = mem::shard_sizes(&runs, shards)
+    let files = mem::shard_sizes(runs, shards)
         .iter()
         .enumerate()
         .map(|(k, &bytes)| out.create_pages(pid, k, bytes))
         .collect::<Result<Vec<File>, DumpError>>()?;
-    let written = mem::dump_pages(pid, &runs, &files, images::PAGE_SIZE)?;
+    let written = mem::dump_pages(pid, runs, &files, images::PAGE_SIZE)?;
     debug!(pages = total, bytes = written, shards, "pages stored");
     Ok(pb::PageMap {
         page_size: images::PAGE_SIZE,

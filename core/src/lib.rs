@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod check;
 pub mod cli;
 pub mod collect;
+pub mod cow;
 pub mod dump;
 pub mod fault;
 pub mod fdstate;

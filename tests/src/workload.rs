@@ -60,6 +60,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "timers_rlimits",
     "fd_state",
     "ghosts",
+    "cow_fork",
 ];
 
 /// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed

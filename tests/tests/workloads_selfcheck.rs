@@ -85,6 +85,16 @@ fn fd_state_passes() {
 }
 
 #[test]
+fn cow_fork_passes() {
+    selfcheck("cow_fork");
+}
+
+#[test]
+fn cow_fork_detects_unshared_memory() {
+    sabotaged("cow_fork", "of the region shared");
+}
+
+#[test]
 fn ghosts_passes() {
     selfcheck("ghosts");
 }

@@ -28,15 +28,42 @@ impl Builder {
         Ok(block)
     }
 
-    /// Unmaps everything but the vdso block (the creator's code, heap, stack).
-    pub(super) fn empty_address_space(&mut self) -> Result<(), RestoreError> {
+    /// Unmaps everything but the vdso block and the areas inherited from
+    /// the parent (the creator's code, heap, stack: see `cow.rs`).
+    pub(super) fn empty_address_space(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
         let block = self.vdso_block()?;
-        let lo = block[0].start;
-        let hi = block[block.len() - 1].end;
-        let top = procfs::maps(self.pid)?.iter().filter(|m| m.name != "[vsyscall]").map(|m| m.end).max().unwrap_or(hi);
-        self.p.call("munmap", libc::SYS_munmap, [0, lo, 0, 0, 0, 0])?;
-        if top > hi {
-            self.p.call("munmap", libc::SYS_munmap, [hi, top - hi, 0, 0, 0, 0])?;
+        let maps = procfs::maps(self.pid)?;
+        let top = maps.iter().filter(|m| m.name != "[vsyscall]").map(|m| m.end).max().unwrap_or(0);
+        let mut keep: Vec<(u64, u64)> = task.vmas.iter().filter(|v| v.inherited).map(|v| (v.start, v.end)).collect();
+        if self.is_root && !keep.is_empty() {
+            return Err(other(
+                self.pid,
+                "reading its memory areas",
+                "a root cannot inherit memory from a parent".into(),
+            ));
+        }
+        keep.push((block[0].start, block[block.len() - 1].end));
+
+        keep.sort_unstable();
+        for v in task.vmas.iter().filter(|v| v.inherited) {
+            let covered = maps.iter().any(|m| m.start <= v.start && v.end <= m.end && m.prot == v.prot && !m.shared);
+            if !covered {
+                return Err(other(
+                    self.pid,
+                    format!("keeping {:#x}-{:#x} {} from its parent", v.start, v.end, v.name),
+                    "the parent does not have that area".into(),
+                ));
+            }
+        }
+        let mut at = 0;
+        for (s, e) in keep {
+            if s > at {
+                self.p.call("munmap", libc::SYS_munmap, [at, s - at, 0, 0, 0, 0])?;
+            }
+            at = at.max(e);
+        }
+        if top > at {
+            self.p.call("munmap", libc::SYS_munmap, [at, top - at, 0, 0, 0, 0])?;
         }
         Ok(())
     }
@@ -98,7 +125,7 @@ impl Builder {
     /// Maps every memory area through the handler that dumped it.
     pub(super) fn map_areas(&mut self, ctx: &mut RestoreCtx<'_>, task: &pb::Task) -> Result<(), RestoreError> {
         let _s = tracing::info_span!("map").entered();
-        for v in &task.vmas {
+        for v in task.vmas.iter().filter(|v| !v.inherited) {
             let got = self.map_area(ctx, v)?;
             if got != v.start {
                 return Err(other(
@@ -216,7 +243,17 @@ impl Builder {
             let i = vmas.partition_point(|v| v.end <= addr);
             vmas.get(i).is_some_and(|v| v.start <= addr && v.prot & libc::PROT_WRITE as u32 != 0)
         };
-        Ok(mem::fill_pages(self.pid, &runs, &loaded.pages, PAGE_SIZE, writable)?)
+        let n = mem::fill_pages(self.pid, &runs, &loaded.pages, PAGE_SIZE, writable)?;
+        // Inherited pages the child did not have: gone again.
+        for z in loaded.task.vmas.iter().flat_map(|v| &v.zap) {
+            let len = z.nr_pages * PAGE_SIZE;
+            self.p.call(
+                "madvise(MADV_DONTNEED)",
+                libc::SYS_madvise,
+                [z.vaddr, len, libc::MADV_DONTNEED as u64, 0, 0, 0],
+            )?;
+        }
+        Ok(n)
     }
 
     /// `PR_SET_MM_MAP`: code/data/brk/stack/args/env bounds, auxv, exe.

@@ -302,7 +302,7 @@ impl Builder {
         if !self.shares_files {
             self.park_pidfd(task)?;
         }
-        self.empty_address_space()?;
+        self.empty_address_space(task)?;
         self.move_vdso(mm)?;
         self.map_scratch(task, mm)?;
         self.map_areas(ctx, task)?;
