@@ -233,6 +233,7 @@ fn build_all<'t>(
         let parent = builders.iter_mut().find(|(b, _)| b.pid == task.ppid && !roots.contains(&pid));
         match parent {
             Some((p, _)) if task.zombie => {
+                created.pids.push(pid);
                 p.make_zombie(task)?;
                 drain.push(p.pid);
                 continue;
@@ -387,10 +388,18 @@ impl Created {
             // SAFETY: kill has no memory preconditions.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        // Reap them (and any tracee crt still holds, which its death frees),
+        // never waiting longer than the deadline.
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut status = 0;
-        // SAFETY: valid out-pointer; -1 waits for any child or tracee.
-        while unsafe { libc::waitpid(-1, &mut status, libc::__WALL) } > 0 && Instant::now() < deadline {}
+        while Instant::now() < deadline {
+            // SAFETY: valid out-pointer; -1 waits for any child or tracee.
+            match unsafe { libc::waitpid(-1, &mut status, libc::__WALL | libc::WNOHANG) } {
+                r if r > 0 => continue,
+                0 => std::thread::sleep(Duration::from_millis(2)),
+                _ => break, // ECHILD: nothing left
+            }
+        }
         self.pids.clear();
     }
 }

@@ -61,6 +61,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "fd_state",
     "ghosts",
     "cow_fork",
+    "zombies",
 ];
 
 /// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed
@@ -81,9 +82,9 @@ pub struct Role {
 }
 
 impl Role {
-    /// Roles named `zombie` are exited, unreaped children: state `Z`.
+    /// Roles named `zombie` or `zombie-<how>` are exited, unreaped children: state `Z`.
     pub fn is_zombie(&self) -> bool {
-        self.role == "zombie"
+        self.role == "zombie" || self.role.starts_with("zombie-")
     }
 }
 

@@ -85,6 +85,16 @@ fn fd_state_passes() {
 }
 
 #[test]
+fn zombies_passes() {
+    selfcheck("zombies");
+}
+
+#[test]
+fn zombies_detects_a_reaped_zombie() {
+    sabotaged("zombies", "zombie zombie-sigterm: state");
+}
+
+#[test]
 fn cow_fork_passes() {
     selfcheck("cow_fork");
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use crt_plugin_api::VmaDesc;
 use tracing::{debug, info_span, warn};
 
+use crate::dump::VDSO_NAMES;
 use crate::handlers::Registry;
 use crate::images::{pb, ImageDir, ImageError, PAGE_SIZE};
 use crate::procfs::{self, MapsEntry};
@@ -418,6 +419,7 @@ impl Builder {
     /// Creates child process `pid` of this process (it starts as a copy,
     /// sharing the fd table and fs state if the dumped child did).
     pub fn spawn_child(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
+        debug!(pid = task.pid, "spawning");
         let mut flags = 0;
         if task.files_shared_with_parent {
             flags |= libc::CLONE_FILES as u64;
@@ -435,41 +437,95 @@ impl Builder {
     }
 
     /// Creates child `pid` and makes it end as it had ended: a zombie
-    /// this process has not reaped yet.
+    /// this process has not reaped yet, in its process group, with its
+    /// exit status (a core-dump flag included).
     pub fn make_zombie(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
         let pid = task.pid;
         self.spawn_child(task)?;
+        let mut child = Puppet::new(pid, ptrace::get_regs(pid)?, self.p.gadget());
+        let at = self.scratch + S_ARG;
+        if task.pgid != self.pgid()? {
+            let target = if task.pgid == pid { 0 } else { task.pgid as u64 };
+            child
+                .call("setpgid", libc::SYS_setpgid, [0, target, 0, 0, 0, 0])
+                .map_err(|e| other(pid, format!("zombie: joining process group {}", task.pgid), e.to_string()))?;
+        }
+        let status = task.exit_code;
         let mut regs = ptrace::get_regs(pid)?;
         regs.rip = self.p.gadget();
         regs.orig_rax = u64::MAX;
-        let status = task.exit_code;
+        let mut core_dir = None;
         if status & 0x7f == 0 {
             regs.rax = libc::SYS_exit_group as u64;
             regs.rdi = ((status >> 8) & 0xff) as u64;
         } else {
             let sig = (status & 0x7f) as u64;
-            // A default action and no core file: it dies of `sig`, quietly
-            // (unblocked: it inherited crt's all-blocked mask).
+            // The default action (unblocked: it inherited crt's
+            // all-blocked mask); SIGKILL and SIGSTOP have no other.
             ptrace::set_sigmask(pid, 0)?;
-            let mut child = Puppet::new(pid, regs, self.p.gadget());
-            child.write(self.scratch + S_ARG, &[0u8; 32])?;
-            child.call("rt_sigaction", libc::SYS_rt_sigaction, [sig, self.scratch + S_ARG, 0, 8, 0, 0])?;
-            let no_core = [pb::Rlimit { resource: libc::RLIMIT_CORE, cur: 0, max: 0 }];
-            task_state::write_rlimits(pid, &no_core).map_err(step(pid, "zombie: RLIMIT_CORE"))?;
+            if sig != libc::SIGKILL as u64 && sig != libc::SIGSTOP as u64 {
+                child.write(at, &[0u8; 32])?;
+                child.call("rt_sigaction", libc::SYS_rt_sigaction, [sig, at, 0, 8, 0, 0])?;
+            }
+            let core = status & 0x80 != 0;
+            if core {
+                core_dir = Some(self.prepare_core_dump(&mut child, pid)?);
+            }
+            let limit = if core { libc::RLIM_INFINITY } else { 0 };
+            let rl = [pb::Rlimit { resource: libc::RLIMIT_CORE, cur: limit, max: limit }];
+            task_state::write_rlimits(pid, &rl).map_err(step(pid, "zombie: RLIMIT_CORE"))?;
             regs.rax = libc::SYS_kill as u64;
             regs.rdi = pid as u64;
             regs.rsi = sig;
         }
         ptrace::set_regs(pid, &regs)?;
         ptrace::detach(pid, 0)?;
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while procfs::stat(pid).map(|s| s.state).unwrap_or('Z') != 'Z' {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let done = loop {
+            if procfs::stat(pid).map(|s| s.state).unwrap_or('Z') == 'Z' {
+                break Ok(());
+            }
             if Instant::now() > deadline {
-                return Err(other(pid, "making the zombie", "it did not exit".into()));
+                break Err(other(pid, "making the zombie", "it did not exit".into()));
             }
             std::thread::sleep(Duration::from_millis(1));
+        };
+        if let Some(d) = core_dir {
+            let _ = std::fs::remove_dir_all(d);
         }
-        Ok(())
+        done
+    }
+
+    /// This process's group.
+    fn pgid(&self) -> Result<i32, RestoreError> {
+        Ok(procfs::stat(self.pid)?.pgrp)
+    }
+
+    /// Makes the would-be zombie `child` dump a small core into a fresh
+    /// directory (removed afterwards), so its status says "core dumped"
+    /// as before: it moves there and gives up all its memory but the
+    /// vdso, whose `syscall` instruction is all it still runs.
+    fn prepare_core_dump(&mut self, child: &mut Puppet, pid: i32) -> Result<std::path::PathBuf, RestoreError> {
+        let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+        if pattern.starts_with('|') {
+            return Err(other(
+                pid,
+                "recreating a zombie whose exit status says it dumped core",
+                format!("core dumps go to a program here ({}), which crt will not feed a fake core", pattern.trim()),
+            ));
+        }
+        let dir = std::env::temp_dir().join(format!("crt-core-{pid}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(step(pid, "zombie: a directory for its core"))?;
+        let mut path = dir.to_string_lossy().into_owned().into_bytes();
+        path.push(0);
+        let at = self.scratch + S_ARG;
+        child.write(at, &path)?;
+        child.call("chdir", libc::SYS_chdir, [at, 0, 0, 0, 0, 0])?;
+        let maps = procfs::maps(pid)?;
+        for m in maps.iter().filter(|m| !VDSO_NAMES.contains(&m.name.as_str()) && m.name != "[vsyscall]") {
+            child.call("munmap", libc::SYS_munmap, [m.start, m.end - m.start, 0, 0, 0, 0])?;
+        }
+        Ok(dir)
     }
 
     /// Takes SIGCHLDs that crt's own work (zombies) queued off this process.

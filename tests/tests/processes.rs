@@ -1,0 +1,13 @@
+//! Process and thread attributes: how zombies ended, scheduling, identity,
+//! each checked from inside the restored processes by their workloads.
+#![allow(clippy::panic, clippy::unwrap_used)]
+
+use crt_tests::roundtrip;
+
+/// Zombies keep their exit status (signal and core-dump flag included)
+/// and their process group; a failed zombie is never a hang.
+#[test]
+fn zombies_roundtrip() {
+    crt_tests::init!();
+    roundtrip("zombies");
+}
