@@ -215,6 +215,13 @@ pub fn collect_task(
     let mut mm = task_state::read_mm(pid, &mut s.puppet)?;
     let status = procfs::status(pid)?;
     let stat = procfs::stat(pid)?;
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| DumpError::Io { pid, what, source }
+    };
+    let oom_score_adj = task_state::oom_score_adj(pid).map_err(io("reading /proc/PID/oom_score_adj"))?;
+    let loginuid = task_state::loginuid(pid).map_err(io("reading /proc/PID/loginuid"))?;
+    let membarrier = task_state::read_membarrier(&mut s.puppet)?;
 
     let mut task = pb::Task {
         pid,
@@ -245,7 +252,11 @@ pub fn collect_task(
         creds: Some(task_state::read_creds(pid)?),
         personality: procfs::personality(pid)?,
         exit_signal: stat.exit_signal,
-        stopped: frozen.thread(pid).is_some_and(|t| t.group_stop),
+        stopped: frozen.thread(pid).is_some_and(|t| t.stop_signal != 0),
+        stop_signal: frozen.thread(pid).map_or(0, |t| t.stop_signal),
+        oom_score_adj: Some(oom_score_adj),
+        loginuid: Some(loginuid),
+        membarrier,
         ..Default::default()
     };
     if !is_root {
@@ -373,6 +384,16 @@ fn collect_thread(p: &mut Puppet, scratch: u64) -> Result<pb::Thread, DumpError>
     p.read(scratch, &mut w[..8])?;
     let clear_child_tid = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
     let (pdeathsig, timerslack_ns) = task_state::read_thread_prctls(p, scratch)?;
+    let sched = crate::sched::read(tid).map_err(|source| DumpError::Io {
+        pid: tid,
+        what: "reading its scheduling attributes (sched_getattr)".into(),
+        source,
+    })?;
+    let (robust_list, robust_list_len) = task_state::robust_list(tid).map_err(|source| DumpError::Io {
+        pid: tid,
+        what: "reading its robust futex list (get_robust_list)".into(),
+        source,
+    })?;
     p.call("sigaltstack", libc::SYS_sigaltstack, [0, scratch, 0, 0, 0, 0])?;
     p.read(scratch, &mut w)?;
     let word =
@@ -389,6 +410,9 @@ fn collect_thread(p: &mut Puppet, scratch: u64) -> Result<pb::Thread, DumpError>
         cpu_affinity: Vec::new(), // filled from the session's record
         pdeathsig,
         timerslack_ns,
+        sched: Some(sched),
+        robust_list,
+        robust_list_len,
     })
 }
 

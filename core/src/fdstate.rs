@@ -104,7 +104,8 @@ pub fn dump(pid: i32, fd: i32, info: &FdInfo, copy: BorrowedFd<'_>, first: bool)
 /// description too, so the lock comes back with the same pid.
 pub fn assign_lock_takers(tasks: &mut [&mut pb::Task]) {
     // (task, fd, lock) to move to (task, fd).
-    let mut moves: Vec<((usize, usize, usize), (usize, usize))> = Vec::new();
+    type Move = ((usize, usize, usize), (usize, usize));
+    let mut moves: Vec<Move> = Vec::new();
     for (ti, t) in tasks.iter().enumerate() {
         for (fi, f) in t.fds.iter().enumerate() {
             for (li, l) in f.locks.iter().enumerate() {

@@ -179,8 +179,9 @@ pub struct FrozenThread {
     pub tid: i32,
     /// Signal taken off its queue by the freeze (signal-delivery stop).
     pub stashed: Vec<[u8; SIGINFO_LEN]>,
-    /// It was in a group stop (SIGSTOP, job control) when frozen.
-    pub group_stop: bool,
+    /// The signal that put it in a group stop (SIGSTOP, SIGTSTP, SIGTTIN,
+    /// SIGTTOU) when frozen; 0 if it was not stopped.
+    pub stop_signal: i32,
 }
 
 /// Every thread of the forest, held in ptrace-stop. Dropping it without
@@ -208,7 +209,7 @@ impl Frozen {
                     return Err(ForestError::Traced { pid: tid, tracer: st.tracer_pid });
                 }
                 ptrace::seize(tid, 0)?;
-                frozen.threads.push(FrozenThread { tid, stashed: Vec::new(), group_stop: false });
+                frozen.threads.push(FrozenThread { tid, stashed: Vec::new(), stop_signal: 0 });
                 ptrace::interrupt(tid)?;
                 let t = frozen.threads.len() - 1;
                 frozen.wait_stopped(t)?;
@@ -234,7 +235,7 @@ impl Frozen {
                 Stop::Stopped { sig, event } if event == libc::PTRACE_EVENT_STOP => {
                     // INTERRUPT reports SIGTRAP for a running task and the
                     // stop signal for one already in a group stop.
-                    self.threads[idx].group_stop = sig != libc::SIGTRAP;
+                    self.threads[idx].stop_signal = if sig == libc::SIGTRAP { 0 } else { sig };
                     return Ok(());
                 }
                 Stop::Stopped { sig, .. } => {

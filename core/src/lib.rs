@@ -21,6 +21,7 @@ pub mod ptrace;
 pub mod puppet;
 pub mod puppeteer;
 pub mod restore;
+pub mod sched;
 pub mod sharing;
 pub mod show;
 pub mod task_state;

@@ -152,6 +152,83 @@ pub fn write_thread_prctls(p: &mut Puppet, t: &pb::Thread, is_root: bool) -> Res
     Ok(())
 }
 
+/// The robust futex list of thread `tid`: head address and length.
+pub fn robust_list(tid: i32) -> std::io::Result<(u64, u64)> {
+    let (mut head, mut len) = (0u64, 0u64);
+    // SAFETY: get_robust_list writes one pointer and one size_t to the out-pointers.
+    let r = unsafe { libc::syscall(libc::SYS_get_robust_list, tid, &mut head as *mut u64, &mut len as *mut u64) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((head, len))
+}
+
+/// `/proc/PID/oom_score_adj`.
+pub fn oom_score_adj(pid: i32) -> std::io::Result<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))?;
+    s.trim().parse().map_err(|_| std::io::Error::other(format!("oom_score_adj {s:?}")))
+}
+
+/// Sets `/proc/PID/oom_score_adj` (lowering it below what the process
+/// inherited needs `CAP_SYS_RESOURCE`).
+pub fn write_oom_score_adj(pid: i32, v: i32) -> std::io::Result<()> {
+    if oom_score_adj(pid)? == v {
+        return Ok(());
+    }
+    std::fs::write(format!("/proc/{pid}/oom_score_adj"), v.to_string())
+}
+
+/// `/proc/PID/loginuid` (`u32::MAX`: never set).
+pub fn loginuid(pid: i32) -> std::io::Result<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/loginuid"))?;
+    s.trim().parse().map_err(|_| std::io::Error::other(format!("loginuid {s:?}")))
+}
+
+/// Sets the login uid from inside the task (the kernel lets a task set
+/// only its own): `open("/proc/self/loginuid")` and `write`.
+pub fn write_loginuid(p: &mut Puppet, scratch: u64, uid: u32) -> Result<(), PuppetError> {
+    let path = b"/proc/self/loginuid\0";
+    let value = uid.to_string();
+    p.write(scratch, path)?;
+    p.write(scratch + 64, value.as_bytes())?;
+    let fd = p.call("open(loginuid)", libc::SYS_open, [scratch, libc::O_WRONLY as u64, 0, 0, 0, 0])?;
+    let r = p.call("write(loginuid)", libc::SYS_write, [fd, scratch + 64, value.len() as u64, 0, 0, 0]);
+    p.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    r.map(|_| ())
+}
+
+/// `membarrier` commands, and the registration each needs.
+const MEMBARRIER: [(u64, u32); 3] = [
+    (8, 16),    // PRIVATE_EXPEDITED, REGISTER_PRIVATE_EXPEDITED
+    (32, 64),   // PRIVATE_EXPEDITED_SYNC_CORE, REGISTER_…_SYNC_CORE
+    (128, 256), // PRIVATE_EXPEDITED_RSEQ, REGISTER_…_RSEQ
+];
+
+/// The `membarrier` registrations of the task's process, found from inside:
+/// a private expedited command fails with `EPERM` until registered.
+pub fn read_membarrier(p: &mut Puppet) -> Result<u32, PuppetError> {
+    let supported = p.syscall_raw("membarrier(QUERY)", libc::SYS_membarrier, [0; 6])?;
+    if supported <= 0 {
+        return Ok(0);
+    }
+    let mut registered = 0;
+    for (cmd, reg) in MEMBARRIER {
+        if supported as u64 & cmd != 0 && p.syscall_raw("membarrier", libc::SYS_membarrier, [cmd, 0, 0, 0, 0, 0])? == 0
+        {
+            registered |= reg;
+        }
+    }
+    Ok(registered)
+}
+
+/// Registers the process for the `membarrier` commands of `registered`.
+pub fn register_membarrier(p: &mut Puppet, registered: u32) -> Result<(), PuppetError> {
+    for (_, reg) in MEMBARRIER.iter().filter(|(_, r)| registered & r != 0) {
+        p.call("membarrier(REGISTER)", libc::SYS_membarrier, [u64::from(*reg), 0, 0, 0, 0, 0])?;
+    }
+    Ok(())
+}
+
 /// Reads the rlimits of `pid` from outside.
 pub fn read_rlimits(pid: i32) -> std::io::Result<Vec<pb::Rlimit>> {
     (0..RLIM_NLIMITS)

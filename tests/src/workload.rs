@@ -62,6 +62,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "ghosts",
     "cow_fork",
     "zombies",
+    "attrs",
 ];
 
 /// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed

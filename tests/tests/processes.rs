@@ -11,3 +11,11 @@ fn zombies_roundtrip() {
     crt_tests::init!();
     roundtrip("zombies");
 }
+
+/// Scheduling policy, nice value, priority and reset-on-fork per thread,
+/// robust futex lists, CPU affinity, oom_score_adj, login uid, membarrier.
+#[test]
+fn attrs_roundtrip() {
+    crt_tests::init!();
+    roundtrip("attrs");
+}

@@ -85,6 +85,16 @@ fn fd_state_passes() {
 }
 
 #[test]
+fn attrs_passes() {
+    selfcheck("attrs");
+}
+
+#[test]
+fn attrs_detects_a_changed_nice_value() {
+    sabotaged("attrs", "main: policy 0 nice 6");
+}
+
+#[test]
 fn zombies_passes() {
     selfcheck("zombies");
 }

@@ -64,7 +64,6 @@ fn next_segment(f: &File, at: i64, size: i64) -> Result<Option<(i64, i64)>, Stri
 }
 
 /// Writes `c` into the empty file `f` and sets its attributes, times last.
-
 pub fn write(f: &File, c: &pb::FileContents, what: &str) -> Result<(), String> {
     for s in &c.segments {
         f.write_all_at(&s.data, s.offset as u64).map_err(|e| format!("refilling {what} at {}: {e}", s.offset))?;

@@ -112,30 +112,39 @@ fn recreate(g: &pb::Ghost, c: &pb::FileContents) -> Result<OwnedFd, String> {
     Ok(f.into())
 }
 
+/// `struct file_handle` with room for the largest handle.
+#[repr(C)]
+struct Handle {
+    bytes: u32,
+    ty: i32,
+    data: [u8; MAX_HANDLE],
+}
+
+impl Handle {
+    fn as_ptr(&mut self) -> *mut libc::file_handle {
+        (self as *mut Handle).cast()
+    }
+}
+
 /// `name_to_handle_at` of `via`: the handle, its type, and the mount point
 /// of the mount it was taken on.
 fn file_handle(via: &str) -> Result<(Vec<u8>, i32, String), String> {
     let c = std::ffi::CString::new(via).map_err(|_| "path with NUL".to_string())?;
-    let mut buf = vec![0u8; size_of::<libc::file_handle>() + MAX_HANDLE];
-    let head = buf.as_mut_ptr().cast::<libc::file_handle>();
-    // SAFETY: `buf` is large enough and suitably aligned for the header
-    // (u32 fields at offset 0 of a Vec's allocation).
-    unsafe { (*head).handle_bytes = MAX_HANDLE as u32 };
+    let mut h = Handle { bytes: MAX_HANDLE as u32, ty: 0, data: [0; MAX_HANDLE] };
     let mut mnt_id = 0;
-    // SAFETY: valid path, a buffer of MAX_HANDLE bytes after the header, an out int.
-    let r = unsafe { libc::name_to_handle_at(libc::AT_FDCWD, c.as_ptr(), head, &mut mnt_id, libc::AT_SYMLINK_FOLLOW) };
+    // SAFETY: valid path; `h` is a file_handle with MAX_HANDLE bytes of room; an out int.
+    let r = unsafe {
+        libc::name_to_handle_at(libc::AT_FDCWD, c.as_ptr(), h.as_ptr(), &mut mnt_id, libc::AT_SYMLINK_FOLLOW)
+    };
     if r != 0 {
         return Err(format!(
             "the file is still linked elsewhere, and crt cannot take a file handle of it to reopen it: {}",
             std::io::Error::last_os_error()
         ));
     }
-    // SAFETY: the kernel filled the header.
-    let (len, ty) = unsafe { ((*head).handle_bytes as usize, (*head).handle_type) };
-    let at = size_of::<libc::file_handle>();
-    let handle = buf[at..at + len.min(MAX_HANDLE)].to_vec();
+    let handle = h.data[..(h.bytes as usize).min(MAX_HANDLE)].to_vec();
     let mount_point = mount_point(mnt_id).ok_or_else(|| format!("mount {mnt_id} of {via} is not in mountinfo"))?;
-    Ok((handle, ty, mount_point))
+    Ok((handle, h.ty, mount_point))
 }
 
 /// The mount point of mount `id`, from `/proc/self/mountinfo`.
@@ -166,20 +175,13 @@ fn unescape(s: &str) -> String {
 
 fn open_handle(g: &pb::Ghost) -> Result<OwnedFd, String> {
     let mnt = File::open(&g.mount_point).map_err(|e| format!("opening mount point {}: {e}", g.mount_point))?;
-    let mut buf = vec![0u8; size_of::<libc::file_handle>() + g.handle.len()];
-    let head = buf.as_mut_ptr().cast::<libc::file_handle>();
-    // SAFETY: the buffer holds the header followed by the handle bytes.
-    unsafe {
-        (*head).handle_bytes = g.handle.len() as u32;
+    if g.handle.len() > MAX_HANDLE {
+        return Err(format!("{}: the image's file handle is {} bytes, more than {MAX_HANDLE}", g.path, g.handle.len()));
     }
-    // SAFETY: as above.
-    unsafe {
-        (*head).handle_type = g.handle_type;
-    }
-    let at = size_of::<libc::file_handle>();
-    buf[at..].copy_from_slice(&g.handle);
-    // SAFETY: a valid mount fd and a complete file_handle in `buf`.
-    let raw = unsafe { libc::open_by_handle_at(mnt.as_raw_fd(), head, libc::O_PATH | libc::O_CLOEXEC) };
+    let mut h = Handle { bytes: g.handle.len() as u32, ty: g.handle_type, data: [0; MAX_HANDLE] };
+    h.data[..g.handle.len()].copy_from_slice(&g.handle);
+    // SAFETY: a valid mount fd and a complete file_handle in `h`.
+    let raw = unsafe { libc::open_by_handle_at(mnt.as_raw_fd(), h.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
     if raw < 0 {
         return Err(format!(
             "{} (deleted, linked elsewhere): reopening it by file handle: {}",

@@ -28,8 +28,17 @@ pub fn own_sigactions() -> Vec<pb::SigAction> {
 }
 
 impl Builder {
-    /// cwd, umask, name, personality.
+    /// cwd, umask, name, personality, OOM score, login uid, membarrier.
     pub(super) fn set_attributes(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
+        if let Some(v) = task.oom_score_adj {
+            task_state::write_oom_score_adj(self.pid, v)
+                .map_err(|e| RestoreError::step(self.pid, format!("setting oom_score_adj {v}"), e))?;
+        }
+        if let Some(uid) = task.loginuid.filter(|&u| task_state::loginuid(self.pid).ok() != Some(u)) {
+            task_state::write_loginuid(&mut self.p, self.scratch + S_ARG, uid)
+                .map_err(|e| RestoreError::step(self.pid, format!("setting its login uid {uid}"), e))?;
+        }
+        task_state::register_membarrier(&mut self.p, task.membarrier)?;
         if !self.shares_fs {
             let mut cwd = task.cwd.clone().into_bytes();
             cwd.push(0);
@@ -169,11 +178,23 @@ impl Builder {
             ptrace::set_sigmask(tid, img.sigmask)?;
             // The task was built pinned to crt's CPU: give it back its own CPUs.
             if !img.cpu_affinity.is_empty() {
-                if let Err(e) = crate::affinity::set(tid, &img.cpu_affinity) {
-                    warn!(tid, "cannot restore the CPU affinity: {e}");
-                }
+                crate::affinity::set(tid, &img.cpu_affinity)
+                    .map_err(|e| RestoreError::step(tid, "setting its CPU affinity", e))?;
             } else if let Some(mask) = crate::affinity::original() {
                 let _ = crate::affinity::set(tid, mask);
+            }
+            // Scheduling last of all: no more syscalls run in the thread.
+            if let Some(s) = &img.sched {
+                crate::sched::write(tid, s).map_err(|e| {
+                    RestoreError::step(
+                        tid,
+                        format!(
+                            "setting its scheduling policy {} (nice {}, priority {})",
+                            s.policy, s.nice, s.priority
+                        ),
+                        e,
+                    )
+                })?;
             }
         }
         Ok(())
@@ -195,6 +216,9 @@ fn thread_state(p: &mut Puppet, img: &pb::Thread, scratch: u64) -> Result<(), Re
     }
     if let Some(r) = &img.rseq {
         p.call("rseq", libc::SYS_rseq, [r.ptr, u64::from(r.size), 0, u64::from(r.signature), 0, 0])?;
+    }
+    if img.robust_list != 0 {
+        p.call("set_robust_list", libc::SYS_set_robust_list, [img.robust_list, img.robust_list_len, 0, 0, 0, 0])?;
     }
     Ok(())
 }

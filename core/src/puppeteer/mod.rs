@@ -587,7 +587,11 @@ impl Builder {
 
     /// Releases every thread: the process runs (or stops, if it was stopped).
     pub fn resume(&self, task: &pb::Task) -> Result<(), RestoreError> {
-        let sig = if task.stopped { libc::SIGSTOP } else { 0 };
+        let sig = match (task.stopped, task.stop_signal) {
+            (false, _) => 0,
+            (true, 0) => libc::SIGSTOP,
+            (true, s) => s,
+        };
         ptrace::detach(self.pid, sig)?;
         for t in &self.threads {
             ptrace::detach(t.tid(), 0)?;
