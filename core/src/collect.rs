@@ -223,6 +223,13 @@ pub fn collect_task(
     let loginuid = task_state::loginuid(pid).map_err(io("reading /proc/PID/loginuid"))?;
     let membarrier = task_state::read_membarrier(&mut s.puppet)?;
 
+    let main_creds = threads.first().and_then(|t| t.creds.clone());
+    // From outside when crt may (same user, or CAP_SYS_RESOURCE), else from inside.
+    let rlimits = match task_state::read_rlimits(pid) {
+        Ok(r) => r,
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => task_state::read_rlimits_inside(&mut s.puppet, scratch)?,
+        Err(source) => return Err(DumpError::Io { pid, what: "reading rlimits".into(), source }),
+    };
     let mut task = pb::Task {
         pid,
         ppid: p.ppid,
@@ -235,11 +242,7 @@ pub fn collect_task(
             .into_iter()
             .map(|raw| pb::SigInfo { raw: raw.to_vec() })
             .collect(),
-        rlimits: task_state::read_rlimits(pid).map_err(|source| DumpError::Io {
-            pid,
-            what: "reading rlimits".into(),
-            source,
-        })?,
+        rlimits,
         itimers,
         posix_timers,
         child_subreaper,
@@ -249,7 +252,7 @@ pub fn collect_task(
         cwd: procfs::link(pid, "cwd")?,
         root: procfs::link(pid, "root")?,
         umask: status.umask,
-        creds: Some(task_state::read_creds(pid)?),
+        creds: main_creds,
         personality: procfs::personality(pid)?,
         exit_signal: stat.exit_signal,
         stopped: frozen.thread(pid).is_some_and(|t| t.stop_signal != 0),
@@ -389,6 +392,7 @@ fn collect_thread(p: &mut Puppet, scratch: u64) -> Result<pb::Thread, DumpError>
         what: "reading its scheduling attributes (sched_getattr)".into(),
         source,
     })?;
+    let seccomp = crate::seccomp::read(tid).map_err(|what| DumpError::Unsupported { pid: tid, what })?;
     let (robust_list, robust_list_len) = task_state::robust_list(tid).map_err(|source| DumpError::Io {
         pid: tid,
         what: "reading its robust futex list (get_robust_list)".into(),
@@ -413,6 +417,8 @@ fn collect_thread(p: &mut Puppet, scratch: u64) -> Result<pb::Thread, DumpError>
         sched: Some(sched),
         robust_list,
         robust_list_len,
+        seccomp,
+        creds: Some(pb::Creds { securebits: crate::puppeteer::securebits(p)?, ..task_state::read_creds(tid)? }),
     })
 }
 

@@ -208,7 +208,10 @@ impl Frozen {
                 if st.tracer_pid != 0 {
                     return Err(ForestError::Traced { pid: tid, tracer: st.tracer_pid });
                 }
-                ptrace::seize(tid, 0)?;
+                // Filters must not apply to the syscalls crt runs in the task.
+                if ptrace::seize(tid, ptrace::PTRACE_O_SUSPEND_SECCOMP).is_err() {
+                    ptrace::seize(tid, 0)?;
+                }
                 frozen.threads.push(FrozenThread { tid, stashed: Vec::new(), stop_signal: 0 });
                 ptrace::interrupt(tid)?;
                 let t = frozen.threads.len() - 1;

@@ -22,6 +22,7 @@ pub mod puppet;
 pub mod puppeteer;
 pub mod restore;
 pub mod sched;
+pub mod seccomp;
 pub mod sharing;
 pub mod show;
 pub mod task_state;

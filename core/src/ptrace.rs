@@ -48,6 +48,10 @@ pub fn seize(tid: i32, options: libc::c_int) -> Result<()> {
     check("SEIZE", tid, raw(libc::PTRACE_SEIZE, tid, std::ptr::null_mut(), options as usize as *mut c_void)).map(drop)
 }
 
+/// Seccomp filters do not apply to a tracee with this option (crt's
+/// injected syscalls); needs `CAP_SYS_ADMIN`.
+pub const PTRACE_O_SUSPEND_SECCOMP: libc::c_int = 1 << 21;
+
 /// `PTRACE_INTERRUPT`.
 pub fn interrupt(tid: i32) -> Result<()> {
     check("INTERRUPT", tid, raw(libc::PTRACE_INTERRUPT, tid, std::ptr::null_mut(), std::ptr::null_mut())).map(drop)

@@ -244,6 +244,20 @@ pub fn read_rlimits(pid: i32) -> std::io::Result<Vec<pb::Rlimit>> {
         .collect()
 }
 
+/// Reads the rlimits of the task from inside (`prlimit64(0, …)`), for a
+/// process of another user, whose limits crt may not read from outside
+/// without `CAP_SYS_RESOURCE`.
+pub fn read_rlimits_inside(p: &mut Puppet, scratch: u64) -> Result<Vec<pb::Rlimit>, PuppetError> {
+    (0..RLIM_NLIMITS)
+        .map(|resource| {
+            p.call("prlimit64", libc::SYS_prlimit64, [0, u64::from(resource), 0, scratch, 0, 0])?;
+            let mut b = [0u8; 16];
+            p.read(scratch, &mut b)?;
+            Ok(pb::Rlimit { resource, cur: u64_at(&b, 0), max: u64_at(&b, 8) })
+        })
+        .collect()
+}
+
 /// Sets the rlimits of `pid` from outside.
 pub fn write_rlimits(pid: i32, limits: &[pb::Rlimit]) -> std::io::Result<()> {
     for l in limits {
@@ -271,6 +285,7 @@ pub fn read_creds(pid: i32) -> Result<pb::Creds, ProcError> {
         cap_bnd: st.cap_bnd,
         cap_amb: st.cap_amb,
         no_new_privs: st.no_new_privs,
+        securebits: 0,
     })
 }
 

@@ -63,6 +63,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "cow_fork",
     "zombies",
     "attrs",
+    "seccomp_caps",
 ];
 
 /// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed

@@ -19,3 +19,12 @@ fn attrs_roundtrip() {
     crt_tests::init!();
     roundtrip("attrs");
 }
+
+/// Seccomp filters per thread (TSYNC-shared and thread-only), and
+/// credentials that differ per thread: uids, gids, groups, every
+/// capability set, securebits.
+#[test]
+fn seccomp_caps_roundtrip() {
+    crt_tests::init!();
+    roundtrip("seccomp_caps");
+}

@@ -89,10 +89,15 @@ fn posix_timers_survive() {
     }
 }
 
+/// Seccomp filters are restored (no longer refused).
 #[test]
-fn seccomp_is_refused() {
+fn seccomp_survives() {
     crt_tests::init!();
-    refused("seccomp", "seccomp");
+    crt_tests::Forest::from_workloads(vec![Workload::spawn_with_env(
+        "unsupported_state",
+        &[("CRT_UNSUPPORTED", "seccomp")],
+    )])
+    .roundtrip();
 }
 
 #[test]

@@ -85,6 +85,16 @@ fn fd_state_passes() {
 }
 
 #[test]
+fn seccomp_caps_passes() {
+    selfcheck("seccomp_caps");
+}
+
+#[test]
+fn seccomp_caps_detects_an_added_filter() {
+    sabotaged("seccomp_caps", "Seccomp_filters:\t2\" became");
+}
+
+#[test]
 fn attrs_passes() {
     selfcheck("attrs");
 }

@@ -115,8 +115,17 @@ impl Builder {
         Ok(())
     }
 
-    /// chroot; no_new_privs, groups, gids, uids in every thread — last, as
-    /// they may drop the privileges crt needs.
+    /// Each thread's seccomp filters (suspended for crt until the release).
+    pub(super) fn set_seccomp(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
+        let threads = std::iter::once(&mut self.p).chain(self.threads.iter_mut());
+        for (p, img) in threads.zip(&task.threads) {
+            crate::seccomp::install(p, &img.seccomp)?;
+        }
+        Ok(())
+    }
+
+    /// chroot; no_new_privs, then each thread's credentials (`creds.rs`) —
+    /// last, as they may drop the privileges crt needs.
     pub(super) fn set_creds(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
         if !task.root.is_empty() && task.root != "/" {
             let mut root = task.root.clone().into_bytes();
@@ -135,24 +144,10 @@ impl Builder {
                 )?;
             }
         }
-        let st = procfs::status(self.pid)?;
-        if st.groups == c.groups && st.gids == c.gids && st.uids == c.uids {
-            return Ok(());
-        }
         let scratch = self.scratch + S_ARG;
-        let g: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-        let threads: Vec<&mut Puppet> = std::iter::once(&mut self.p).chain(self.threads.iter_mut()).collect();
-        for p in threads {
-            p.write(scratch, &g)?;
-            p.call("setgroups", libc::SYS_setgroups, [c.groups.len() as u64, scratch, 0, 0, 0, 0])?;
-            if c.gids.len() == 4 {
-                let [r, e, s, _] = [c.gids[0], c.gids[1], c.gids[2], c.gids[3]].map(u64::from);
-                p.call("setresgid", libc::SYS_setresgid, [r, e, s, 0, 0, 0])?;
-            }
-            if c.uids.len() == 4 {
-                let [r, e, s, _] = [c.uids[0], c.uids[1], c.uids[2], c.uids[3]].map(u64::from);
-                p.call("setresuid", libc::SYS_setresuid, [r, e, s, 0, 0, 0])?;
-            }
+        let threads = std::iter::once(&mut self.p).chain(self.threads.iter_mut());
+        for (p, img) in threads.zip(&task.threads) {
+            super::creds::set(p, img.creds.as_ref().unwrap_or(c), scratch)?;
         }
         Ok(())
     }

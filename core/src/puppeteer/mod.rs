@@ -33,6 +33,8 @@ use crate::restore::{RestoreError, RestoreStats};
 use crate::task_state;
 
 mod attrs;
+mod creds;
+pub use creds::securebits;
 mod files;
 mod memory;
 
@@ -101,8 +103,11 @@ pub fn check_task(dir: &ImageDir, task: &pb::Task, own: &[MapsEntry]) -> Result<
 
 /// Tasks die with crt; children and threads they are made to create are
 /// traced from birth.
-const TRACE_OPTIONS: libc::c_int =
-    libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEFORK | libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_TRACEVFORK;
+const TRACE_OPTIONS: libc::c_int = libc::PTRACE_O_EXITKILL
+    | libc::PTRACE_O_TRACEFORK
+    | libc::PTRACE_O_TRACECLONE
+    | libc::PTRACE_O_TRACEVFORK
+    | ptrace::PTRACE_O_SUSPEND_SECCOMP;
 
 #[repr(C)]
 #[derive(Default)]
@@ -335,6 +340,7 @@ impl Builder {
         self.set_thread_state(task)?;
         let p = &mut self.p;
         ctx.registry.hook("restore_resume", |h| h.restore_resume(crate::collect::task_ref(p)))?;
+        self.set_seccomp(task)?;
         self.set_creds(task)?;
         self.set_leases_and_owners(task)?;
         self.finish(task)?;
