@@ -222,6 +222,20 @@ pub fn collect_task(
     let oom_score_adj = task_state::oom_score_adj(pid).map_err(io("reading /proc/PID/oom_score_adj"))?;
     let loginuid = task_state::loginuid(pid).map_err(io("reading /proc/PID/loginuid"))?;
     let membarrier = task_state::read_membarrier(&mut s.puppet)?;
+    // mlockall(MCL_FUTURE) shows on crt's scratch mapping, made after it.
+    let mlockall = if status.vm_lck_kb > 0 {
+        let maps = procfs::smaps(pid)?;
+        let flags = maps.into_iter().find(|m| m.start <= scratch && scratch < m.end).map(|m| m.vm_flags);
+        let flags = flags.unwrap_or_default();
+        let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+        match (has("lo"), has("lf")) {
+            (_, true) => libc::MCL_FUTURE | libc::MCL_ONFAULT,
+            (true, false) => libc::MCL_FUTURE,
+            _ => 0,
+        }
+    } else {
+        0
+    };
 
     let main_creds = threads.first().and_then(|t| t.creds.clone());
     // From outside when crt may (same user, or CAP_SYS_RESOURCE), else from inside.
@@ -260,6 +274,7 @@ pub fn collect_task(
         oom_score_adj: Some(oom_score_adj),
         loginuid: Some(loginuid),
         membarrier,
+        mlockall,
         ..Default::default()
     };
     if !is_root {

@@ -13,6 +13,8 @@
 //! them, writes only the pages the child had of its own, and discards
 //! (`MADV_DONTNEED`) the pages the parent has and the child had not
 //! (`zap` runs), so the child sees zeros or its file there, as before.
+//! Pages on the shared zero page count the same way (inherited when both
+//! have one there); areas with guard markers are never inherited.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -56,39 +58,51 @@ pub fn share_with_parent(child: &mut Pages<'_>, parent: &Pages<'_>) -> Result<u6
     let mut child_map: Option<File> = None;
     let mut parent_map: Option<File> = None;
     for v in child.vmas.iter_mut() {
-        if !parent.vmas.iter().any(|p| same_area(v, p)) {
-            continue;
+        let Some(p) = parent.vmas.iter().find(|p| same_area(v, p)) else { continue };
+        if !v.guard.is_empty() || !p.guard.is_empty() {
+            continue; // guard markers: rebuilt from scratch
         }
         let n = ((v.end - v.start) / PAGE_SIZE) as usize;
-        let mine = stored(child.runs, v.start, n);
-        let theirs = stored(parent.runs, v.start, n);
-        if !theirs.iter().any(|&b| b) {
+        let (mine, my_zero) = (stored(child.runs, v.start, n), stored(&to_mem(&v.zero), v.start, n));
+        let (theirs, their_zero) = (stored(parent.runs, v.start, n), stored(&to_mem(&p.zero), v.start, n));
+        if !theirs.iter().chain(&their_zero).any(|&b| b) {
             continue;
         }
         let cm = open_pagemap(child.pid, &mut child_map)?;
         let pm = open_pagemap(parent.pid, &mut parent_map)?;
         let (cf, pf) = (frames(child.pid, cm, v.start, n)?, frames(parent.pid, pm, v.start, n)?);
-        let mut keep = mine.clone();
-        let mut zap = vec![false; n];
+        let (mut keep, mut keep_zero, mut zap) = (mine.clone(), my_zero.clone(), vec![false; n]);
         let mut shared = 0;
         for i in 0..n {
             if mine[i] && theirs[i] && cf[i] != 0 && cf[i] == pf[i] {
-                keep[i] = false;
+                keep[i] = false; // the parent's page, shared since fork
                 shared += 1;
-            } else if !mine[i] && theirs[i] {
-                zap[i] = true;
+            } else if my_zero[i] && their_zero[i] {
+                keep_zero[i] = false; // both on the zero page
+                shared += 1;
+            } else if !mine[i] && (theirs[i] || their_zero[i]) {
+                // Not the child's: gone (a zero page is mapped again after).
+                zap[i] = !their_zero[i] || !my_zero[i];
             }
         }
         if shared == 0 {
             continue;
         }
         v.inherited = true;
-
-        v.zap = to_runs(&zap, v.start).iter().map(|r| pb::PageRun { vaddr: r.vaddr, nr_pages: r.pages }).collect();
+        v.zap = to_pb(&to_runs(&zap, v.start));
+        v.zero = to_pb(&to_runs(&keep_zero, v.start));
         replace_range(child.runs, v.start, v.end, to_runs(&keep, v.start));
         left_out += shared as u64;
     }
     Ok(left_out)
+}
+
+fn to_mem(runs: &[pb::PageRun]) -> Vec<Run> {
+    runs.iter().map(|r| Run { vaddr: r.vaddr, pages: r.nr_pages }).collect()
+}
+
+fn to_pb(runs: &[Run]) -> Vec<pb::PageRun> {
+    runs.iter().map(|r| pb::PageRun { vaddr: r.vaddr, nr_pages: r.pages }).collect()
 }
 
 fn open_pagemap(pid: i32, slot: &mut Option<File>) -> Result<&File, MemError> {

@@ -322,9 +322,9 @@ fn collect_and_write(
     // 5. Pages and task images: which pages, less those a child still
     // shares with its parent since fork (cow.rs), then copied.
     let mut runs = Vec::with_capacity(collected.len());
-    for (task, plans) in &collected {
+    for (task, plans) in &mut collected {
         let t = Instant::now();
-        runs.push(scan_task_pages(task.pid, plans)?);
+        runs.push(scan_task_pages(task, plans)?);
         stats.pages += t.elapsed().as_secs_f64();
     }
     let t = Instant::now();
@@ -395,8 +395,10 @@ pub fn fingerprint(text: &[u8]) -> String {
     format!("crc32:{:08x}:{}", crc32fast::hash(text), text.len())
 }
 
-/// The pages of a task to store, by its handlers' page policies.
-fn scan_task_pages(pid: i32, plans: &[PagePlan]) -> Result<Vec<Run>, DumpError> {
+/// The pages of a task to store, by its handlers' page policies; the
+/// zero-page and guard runs of each area go into its record.
+fn scan_task_pages(task: &mut pb::Task, plans: &[PagePlan]) -> Result<Vec<Run>, DumpError> {
+    let pid = task.pid;
     if plans.is_empty() {
         return Ok(Vec::new()); // a zombie: no memory
     }
@@ -407,8 +409,11 @@ fn scan_task_pages(pid: i32, plans: &[PagePlan]) -> Result<Vec<Run>, DumpError> 
         source,
     })?;
     let mut runs: Vec<Run> = Vec::new();
-    for plan in plans {
+    let as_pb = |r: &[Run]| r.iter().map(|r| pb::PageRun { vaddr: r.vaddr, nr_pages: r.pages }).collect::<Vec<_>>();
+    for (plan, vma) in plans.iter().zip(task.vmas.iter_mut()) {
         runs.extend(mem::scan(pid, &pagemap, plan.start, plan.end, plan.policy)?);
+        let (zero, guard) = mem::scan_special(pid, &pagemap, plan.start, plan.end)?;
+        (vma.zero, vma.guard) = (as_pb(&zero), as_pb(&guard));
     }
     Ok(runs)
 }

@@ -82,6 +82,8 @@ impl Run {
 const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;
+const PAGE_IS_PFNZERO: u64 = 1 << 5;
+const PAGE_IS_GUARD: u64 = 1 << 8;
 
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
@@ -114,13 +116,60 @@ const PAGEMAP_SCAN: libc::c_ulong = (3 << 30) | ((size_of::<PmScanArg>() as libc
 /// Finds the pages of `[start, end)` that `policy` says to store, using
 /// `PAGEMAP_SCAN` on the task's open `/proc/PID/pagemap`.
 pub fn scan(pid: i32, pagemap: &File, start: u64, end: u64, policy: PagePolicy) -> Result<Vec<Run>, MemError> {
-    let mut out: Vec<Run> = Vec::new();
     let (inverted, mask) = match policy {
-        PagePolicy::None => return Ok(out),
-        // Private: anonymous (COW) pages only, never the file's own pages.
-        PagePolicy::Private => (PAGE_IS_FILE, PAGE_IS_FILE),
-        PagePolicy::All => (0, 0),
+        PagePolicy::None => return Ok(Vec::new()),
+        // Private: anonymous (COW) pages only, never the file's own pages,
+        // nor the shared zero page or guard markers (see `scan_special`).
+        PagePolicy::Private => {
+            let m = PAGE_IS_FILE | PAGE_IS_PFNZERO | PAGE_IS_GUARD;
+            (m, m)
+        }
+        PagePolicy::All => (PAGE_IS_GUARD, PAGE_IS_GUARD),
     };
+    let mut out = Vec::new();
+    scan_regions(pid, pagemap, start, end, inverted, mask, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, |r| {
+        push_run(&mut out, r.start, r.end)
+    })?;
+    Ok(out)
+}
+
+/// Pages of `[start, end)` that hold no data of their own: mapped to the
+/// shared zero page (read, never written), and guard markers. Returns
+/// `(zero, guard)` runs.
+pub fn scan_special(pid: i32, pagemap: &File, start: u64, end: u64) -> Result<(Vec<Run>, Vec<Run>), MemError> {
+    let (mut zero, mut guard) = (Vec::new(), Vec::new());
+    scan_regions(pid, pagemap, start, end, 0, 0, PAGE_IS_PFNZERO | PAGE_IS_GUARD, |r| {
+        if r.categories & PAGE_IS_GUARD != 0 {
+            push_run(&mut guard, r.start, r.end);
+        } else {
+            push_run(&mut zero, r.start, r.end);
+        }
+    })?;
+    Ok((zero, guard))
+}
+
+fn push_run(out: &mut Vec<Run>, start: u64, end: u64) {
+    let pages = (end - start) / PAGE_SIZE;
+    match out.last_mut() {
+        Some(last) if last.vaddr + last.pages * PAGE_SIZE == start => last.pages += pages,
+        _ => out.push(Run { vaddr: start, pages }),
+    }
+}
+
+/// `PAGEMAP_SCAN` over `[start, end)`: every region whose categories
+/// match (`inverted`, `mask`, any of `anyof`), with the categories of
+/// `anyof` and `PAGE_IS_FILE` reported.
+#[allow(clippy::too_many_arguments)]
+fn scan_regions(
+    pid: i32,
+    pagemap: &File,
+    start: u64,
+    end: u64,
+    inverted: u64,
+    mask: u64,
+    anyof: u64,
+    mut each: impl FnMut(&PageRegion),
+) -> Result<(), MemError> {
     let mut regions = vec![PageRegion::default(); 512];
     let mut cursor = start;
     while cursor < end {
@@ -132,8 +181,8 @@ pub fn scan(pid: i32, pagemap: &File, start: u64, end: u64, policy: PagePolicy) 
             vec_len: regions.len() as u64,
             category_inverted: inverted,
             category_mask: mask,
-            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE,
+            category_anyof_mask: anyof,
+            return_mask: anyof | PAGE_IS_FILE,
             ..Default::default()
         };
         // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at
@@ -142,19 +191,13 @@ pub fn scan(pid: i32, pagemap: &File, start: u64, end: u64, policy: PagePolicy) 
         if n < 0 {
             return Err(MemError::Scan { pid, start, end, source: io::Error::last_os_error() });
         }
-        for r in &regions[..n as usize] {
-            let pages = (r.end - r.start) / PAGE_SIZE;
-            match out.last_mut() {
-                Some(last) if last.vaddr + last.pages * PAGE_SIZE == r.start => last.pages += pages,
-                _ => out.push(Run { vaddr: r.start, pages }),
-            }
-        }
+        regions[..n as usize].iter().for_each(&mut each);
         if arg.walk_end <= cursor {
             break;
         }
         cursor = arg.walk_end;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Splits runs into batches of at most [`CHUNK`] bytes and [`MAX_IOV`] pieces.
@@ -328,6 +371,38 @@ fn write_batch(
     for &(addr, len) in batch {
         m.write_all_at(&buf[off..off + len], addr).map_err(|source| MemError::Write { pid, addr, len, source })?;
         off += len;
+    }
+    Ok(())
+}
+
+/// Reads one byte of every page of `runs` in task `pid`, so that each is
+/// mapped again, to the shared zero page where nothing was written.
+pub fn touch_pages(pid: i32, runs: &[Run]) -> Result<(), MemError> {
+    let mut mem: Option<File> = None;
+    let pages: Vec<u64> = runs.iter().flat_map(|r| (0..r.pages).map(move |i| r.vaddr + i * PAGE_SIZE)).collect();
+    let mut sink = vec![0u8; MAX_IOV];
+    for chunk in pages.chunks(MAX_IOV) {
+        let remote: Vec<libc::iovec> =
+            chunk.iter().map(|&a| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: 1 }).collect();
+        let local = libc::iovec { iov_base: sink.as_mut_ptr().cast(), iov_len: chunk.len() };
+        // SAFETY: `local` covers `sink`, which we own; remote iovecs address the other task.
+        let n = unsafe { libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as u64, 0) };
+        if n == chunk.len() as isize {
+            continue;
+        }
+        // PROT_NONE pages: /proc/PID/mem may force the read.
+        let m = match &mem {
+            Some(m) => m,
+            None => mem.insert(File::open(format!("/proc/{pid}/mem")).map_err(|source| MemError::Read {
+                pid,
+                addr: chunk[0],
+                len: 1,
+                source,
+            })?),
+        };
+        for &a in chunk {
+            m.read_exact_at(&mut sink[..1], a).map_err(|source| MemError::Read { pid, addr: a, len: 1, source })?;
+        }
     }
     Ok(())
 }

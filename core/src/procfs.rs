@@ -139,6 +139,8 @@ pub struct Status {
     pub tracer_pid: i32,
     /// Number of threads.
     pub threads: u32,
+    /// `VmLck` in KiB: memory locked with mlock.
+    pub vm_lck_kb: u64,
 }
 
 /// Parses `/proc/<pid>/status` (`who`: a pid, or `"self"` as a string).
@@ -166,6 +168,7 @@ pub fn status(pid: impl std::fmt::Display) -> Result<Status, ProcError> {
             "NoNewPrivs" => st.no_new_privs = val == "1",
             "TracerPid" => st.tracer_pid = val.parse().unwrap_or(0),
             "Threads" => st.threads = val.parse().unwrap_or(0),
+            "VmLck" => st.vm_lck_kb = val.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0),
             _ => {}
         }
     }

@@ -1,15 +1,19 @@
 //! Seccomp filters, per thread.
 //!
-//! Dump: each thread's filters, newest first, with `PTRACE_SECCOMP_GET_FILTER`
+//! Dump: each thread's filters with `PTRACE_SECCOMP_GET_FILTER` (index 0
+//! is the oldest)
 //! and their flags with `PTRACE_SECCOMP_GET_METADATA` (crt seizes tasks with
 //! `PTRACE_O_SUSPEND_SECCOMP`, so the filters do not apply to the syscalls it
 //! injects). Strict mode and filters with a user-notification listener are
 //! refused. Restore: each thread installs its chain again, oldest first,
 //! from inside (`seccomp(SECCOMP_SET_MODE_FILTER)`), before its credentials
 //! change; suspended until crt lets the task go, the filters then apply.
-//! Filters one thread shared with others (`SECCOMP_FILTER_FLAG_TSYNC`, or
-//! inherited at fork) come back as equal copies: nothing a process can call
-//! tells a shared filter from an equal one.
+//! Filters every thread of a process has in common (its threads inherited
+//! them, or `SECCOMP_FILTER_FLAG_TSYNC` spread them) are shared objects,
+//! and `TSYNC` tells: they are installed in the main thread before the
+//! other threads are created ([`shared_prefix`]), and each thread adds only
+//! its own after that. Filters processes share since fork come back as
+//! equal copies: no call tells those apart.
 
 use crate::images::pb;
 use crate::procfs;
@@ -41,7 +45,7 @@ pub fn read(tid: i32) -> Result<Vec<pb::SeccompFilter>, String> {
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ENOENT) {
-                break; // past the oldest filter
+                break; // past the newest filter
             }
             return Err(format!("thread {tid}: reading seccomp filter {index}: {e}"));
         }
@@ -65,8 +69,16 @@ pub fn read(tid: i32) -> Result<Vec<pb::SeccompFilter>, String> {
         }
         out.push(pb::SeccompFilter { program: prog, flags: meta[1] & KEPT_FLAGS });
     }
-    out.reverse();
     Ok(out)
+}
+
+/// The filters, oldest first, that every thread of `threads` starts with.
+pub fn shared_prefix(threads: &[pb::Thread]) -> &[pb::SeccompFilter] {
+    let Some(first) = threads.first() else { return &[] };
+    let n = threads.iter().skip(1).fold(first.seccomp.len(), |n, t| {
+        first.seccomp.iter().zip(&t.seccomp).take(n).take_while(|(a, b)| a == b).count()
+    });
+    &first.seccomp[..n]
 }
 
 /// Installs `filters` (oldest first) in the thread `p` drives, through a

@@ -64,6 +64,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "zombies",
     "attrs",
     "seccomp_caps",
+    "memstate",
 ];
 
 /// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed

@@ -12,3 +12,12 @@ fn cow_fork_roundtrip() {
     crt_tests::init!();
     roundtrip("cow_fork");
 }
+
+/// madvise state, mlock and mlockall(MCL_FUTURE|MCL_ONFAULT), guard
+/// regions, zero-page mappings of a large sparse area, and shared
+/// anonymous memory mapped at a non-zero offset.
+#[test]
+fn memstate_roundtrip() {
+    crt_tests::init!();
+    roundtrip("memstate");
+}

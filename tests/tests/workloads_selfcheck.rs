@@ -85,6 +85,16 @@ fn fd_state_passes() {
 }
 
 #[test]
+fn memstate_passes() {
+    selfcheck("memstate");
+}
+
+#[test]
+fn memstate_detects_lost_advice() {
+    sabotaged("memstate", "dontdump: no dd in VmFlags");
+}
+
+#[test]
 fn seccomp_caps_passes() {
     selfcheck("seccomp_caps");
 }

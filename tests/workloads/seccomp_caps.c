@@ -13,6 +13,8 @@
  * At SIGTERM each thread compares its /proc/self/task/TID/status lines
  * (ids, capabilities, Seccomp, Seccomp_filters) and securebits with what
  * they were at READY, and checks each filter still acts, where it should.
+ * Last, "other" installs one more filter with TSYNC, which the kernel
+ * allows only if the common filters are shared, not copies.
  * Sabotage: the main thread adds a filter after READY.
  */
 #include "wl_common.h"
@@ -82,9 +84,9 @@ static int err_of(long nr, long a)
 	return syscall(nr, a, 0, 0) < 0 ? errno : 0;
 }
 
-static pthread_barrier_t b1, b2;
+static pthread_barrier_t b1, b2, b3;
 static struct snap other_snap;
-static volatile int other_ok;
+static volatile int other_ok, tsync = -1;
 
 static void *other(void *arg)
 {
@@ -100,6 +102,11 @@ static void *other(void *arg)
 	compare("other", &other_snap);
 	WL_CHECK(err_of(SYS_getpriority, PRIO_PROCESS) == 77, "other: getpriority filter gone");
 	WL_CHECK(err_of(SYS_getpgid, 0) == 78, "other: getpgid filter gone");
+	pthread_barrier_wait(&b3); /* the main thread has checked */
+	/* TSYNC works only if the main thread's filters are ancestors of
+	 * ours: the filters the threads had in common are one object, not
+	 * two copies */
+	tsync = filter(SYS_getsid, 80, SECCOMP_FILTER_FLAG_TSYNC);
 	return NULL;
 }
 
@@ -108,6 +115,7 @@ int main(int argc, char **argv)
 	wl_init(argc, argv);
 	pthread_barrier_init(&b1, NULL, 2);
 	pthread_barrier_init(&b2, NULL, 2);
+	pthread_barrier_init(&b3, NULL, 2);
 	pthread_t t;
 	if (pthread_create(&t, NULL, other, NULL) != 0)
 		wl_die("pthread_create");
@@ -149,6 +157,8 @@ int main(int argc, char **argv)
 	WL_CHECK(err_of(SYS_getpriority, PRIO_PROCESS) == 77, "main: getpriority filter gone");
 	WL_CHECK(err_of(SYS_sched_getparam, 0) == 76, "main: sched_getparam filter gone");
 	WL_CHECK(err_of(SYS_getpgid, 0) == 0, "main: got the other thread's getpgid filter");
+	pthread_barrier_wait(&b3);
 	pthread_join(t, NULL);
+	WL_CHECK(tsync == 0, "other: TSYNC failed (%d): the threads' common filters are not shared", tsync);
 	wl_finish();
 }

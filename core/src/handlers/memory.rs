@@ -1,5 +1,5 @@
-//! Built-in handler for anonymous memory: private (heap, stack, malloc
-//! arenas, guard areas) and shared (`MAP_SHARED|MAP_ANONYMOUS`).
+//! Built-in handler for private anonymous memory (heap, stacks, malloc
+//! arenas, guard areas). Shared anonymous memory is `shmem.rs`'s.
 
 use abi_stable::std_types::{RResult, RSlice, RString, RVec};
 use crt_plugin_api::{Handler, PagePolicy, TaskRef, VmaDesc, VmaDump, VmaRestore};
@@ -11,11 +11,6 @@ pub struct AnonMemory;
 
 inventory::submit! { Builtin { priority: 200, make: || boxed(AnonMemory) } }
 
-/// Shared anonymous memory shows in maps as `/dev/zero (deleted)`.
-fn is_shared_anon(vma: &VmaDesc) -> bool {
-    vma.shared && vma.name.as_str() == "/dev/zero (deleted)"
-}
-
 impl Handler for AnonMemory {
     fn name(&self) -> RString {
         "anon-memory".into()
@@ -26,21 +21,18 @@ impl Handler for AnonMemory {
     }
 
     fn claims(&self) -> RString {
-        "memory: anonymous private and shared areas (heap, stacks, MAP_ANONYMOUS)".into()
+        "memory: anonymous private areas (heap, stacks, MAP_ANONYMOUS)".into()
     }
 
     fn claims_vma(&self, vma: &VmaDesc) -> bool {
         let name = vma.name.as_str();
         let anon =
             vma.ino == 0 && (name.is_empty() || name == "[heap]" || name == "[stack]" || name.starts_with("[anon:"));
-        (anon && !vma.shared) || is_shared_anon(vma)
+        anon && !vma.shared
     }
 
-    fn dump_vma(&self, _task: TaskRef<'_>, vma: &VmaDesc) -> RResult<VmaDump, RString> {
-        RResult::ROk(VmaDump {
-            blob: RVec::new(),
-            pages: if vma.shared { PagePolicy::All } else { PagePolicy::Private },
-        })
+    fn dump_vma(&self, _task: TaskRef<'_>, _vma: &VmaDesc) -> RResult<VmaDump, RString> {
+        RResult::ROk(VmaDump { blob: RVec::new(), pages: PagePolicy::Private })
     }
 
     fn restore_vma(&self, _task: TaskRef<'_>, _vma: &VmaDesc, _blob: RSlice<'_, u8>) -> RResult<VmaRestore, RString> {

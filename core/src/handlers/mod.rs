@@ -26,6 +26,7 @@ mod memory;
 mod opath;
 mod pipe;
 mod regfile;
+mod shmem;
 mod signalfd;
 mod timerfd;
 mod tty;

@@ -56,7 +56,7 @@ impl Handler for RegFile {
     }
 
     fn claims_fd(&self, fd: &FdDesc) -> bool {
-        fd.file_type() == libc::S_IFREG && fd.link.starts_with('/')
+        fd.file_type() == libc::S_IFREG && fd.link.starts_with('/') && fd.link.as_str() != super::shmem::NAME
     }
 
     fn dump_fd(&self, _task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {

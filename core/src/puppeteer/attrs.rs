@@ -39,6 +39,10 @@ impl Builder {
                 .map_err(|e| RestoreError::step(self.pid, format!("setting its login uid {uid}"), e))?;
         }
         task_state::register_membarrier(&mut self.p, task.membarrier)?;
+        if task.mlockall != 0 {
+            // Mappings made from now on are locked (as after mlockall(MCL_FUTURE)).
+            self.p.call("mlockall", libc::SYS_mlockall, [task.mlockall as u64, 0, 0, 0, 0, 0])?;
+        }
         if !self.shares_fs {
             let mut cwd = task.cwd.clone().into_bytes();
             cwd.push(0);
@@ -117,9 +121,10 @@ impl Builder {
 
     /// Each thread's seccomp filters (suspended for crt until the release).
     pub(super) fn set_seccomp(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
+        let shared = crate::seccomp::shared_prefix(&task.threads).len();
         let threads = std::iter::once(&mut self.p).chain(self.threads.iter_mut());
         for (p, img) in threads.zip(&task.threads) {
-            crate::seccomp::install(p, &img.seccomp)?;
+            crate::seccomp::install(p, &img.seccomp[shared..])?;
         }
         Ok(())
     }

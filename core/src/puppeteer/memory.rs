@@ -149,27 +149,6 @@ impl Builder {
         if v.vm_flags.iter().any(|f| f == "nr") {
             flags |= libc::MAP_NORESERVE;
         }
-        // Shared anonymous memory seen in an earlier task: map the same object.
-        let shared_anon = shared && v.flags & libc::MAP_ANONYMOUS as u32 == 0 && v.handler == "anon-memory";
-        if shared_anon {
-            if let Some(&(owner, s, e)) = ctx.shmem.get(&v.ino) {
-                let path = format!("/proc/{owner}/map_files/{s:x}-{e:x}");
-                let f = File::options()
-                    .read(true)
-                    .write(v.prot & libc::PROT_WRITE as u32 != 0)
-                    .open(&path)
-                    .map_err(step(self.pid, "opening shared memory of an earlier task"))?;
-                return self.map_fd(v, flags, f.into());
-            }
-            if v.pgoff != 0 {
-                return Err(other(
-                    self.pid,
-                    format!("mapping {:#x}-{:#x}", v.start, v.end),
-                    "shared anonymous memory first seen at a non-zero offset is not supported".into(),
-                ));
-            }
-            ctx.shmem.insert(v.ino, (self.pid, v.start, v.end));
-        }
         let h = ctx.registry.by_name(&v.handler).ok_or_else(|| RestoreError::MissingHandler {
             name: v.handler.clone(),
             version: String::new(),
@@ -244,8 +223,18 @@ impl Builder {
             vmas.get(i).is_some_and(|v| v.start <= addr && v.prot & libc::PROT_WRITE as u32 != 0)
         };
         let n = mem::fill_pages(self.pid, &runs, &loaded.pages, PAGE_SIZE, writable)?;
-        // Inherited pages the child did not have: gone again.
-        for z in loaded.task.vmas.iter().flat_map(|v| &v.zap) {
+        for v in vmas {
+            self.page_states(v)?;
+        }
+        Ok(n)
+    }
+
+    /// What an area's pages were besides their data: inherited pages the
+    /// child did not have, dropped again (`cow.rs`); guard markers; pages
+    /// on the shared zero page (a read maps it again); then `mlock`.
+    fn page_states(&mut self, v: &pb::Vma) -> Result<(), RestoreError> {
+        const MADV_GUARD_INSTALL: u64 = 102;
+        for z in &v.zap {
             let len = z.nr_pages * PAGE_SIZE;
             self.p.call(
                 "madvise(MADV_DONTNEED)",
@@ -253,7 +242,22 @@ impl Builder {
                 [z.vaddr, len, libc::MADV_DONTNEED as u64, 0, 0, 0],
             )?;
         }
-        Ok(n)
+        for g in &v.guard {
+            let len = g.nr_pages * PAGE_SIZE;
+            self.p.call(
+                "madvise(MADV_GUARD_INSTALL)",
+                libc::SYS_madvise,
+                [g.vaddr, len, MADV_GUARD_INSTALL, 0, 0, 0],
+            )?;
+        }
+        let zero: Vec<Run> = v.zero.iter().map(|r| Run { vaddr: r.vaddr, pages: r.nr_pages }).collect();
+        mem::touch_pages(self.pid, &zero)?;
+        let has = |f: &str| v.vm_flags.iter().any(|x| x == f);
+        if has("lo") || has("lf") {
+            let onfault = u64::from(has("lf")); // MLOCK_ONFAULT
+            self.p.call("mlock2", libc::SYS_mlock2, [v.start, v.end - v.start, onfault, 0, 0, 0])?;
+        }
+        Ok(())
     }
 
     /// `PR_SET_MM_MAP`: code/data/brk/stack/args/env bounds, auxv, exe.

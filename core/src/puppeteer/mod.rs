@@ -179,8 +179,6 @@ pub struct RestoreCtx<'a> {
     pub registry: &'a Registry,
     /// Open file descriptions already recreated, by image file id.
     files: HashMap<u32, OwnedFd>,
-    /// Shared anonymous memory objects already created, by inode: where.
-    shmem: HashMap<u64, (i32, u64, u64)>,
     /// crt's own signal actions, which every new task starts with.
     baseline: Vec<pb::SigAction>,
     /// Plugin blobs from the image.
@@ -190,7 +188,7 @@ pub struct RestoreCtx<'a> {
 impl<'a> RestoreCtx<'a> {
     /// A context for one restore.
     pub fn new(registry: &'a Registry, blobs: crate::puppet::Blobs) -> Self {
-        Self { registry, files: HashMap::new(), shmem: HashMap::new(), baseline: attrs::own_sigactions(), blobs }
+        Self { registry, files: HashMap::new(), baseline: attrs::own_sigactions(), blobs }
     }
 }
 
@@ -546,6 +544,9 @@ impl Builder {
 
     /// Creates the process's other threads with their tids.
     pub fn create_threads(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
+        // Seccomp filters all threads share: installed before the threads
+        // exist, so that they inherit one filter (as after TSYNC).
+        crate::seccomp::install(&mut self.p, crate::seccomp::shared_prefix(&task.threads))?;
         for t in task.threads.iter().skip(1) {
             let args = CloneArgs {
                 flags: (libc::CLONE_VM
