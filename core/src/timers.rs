@@ -38,11 +38,13 @@ pub fn parse(text: &str) -> Result<Vec<pb::PosixTimer>, String> {
                 t.sigval = u64::from_str_radix(value, 16).map_err(|_| format!("bad timer value {val:?}"))?;
             }
             "notify" => {
-                // "signal/pid.N", "thread/tid.N", "none/pid.N"
+                // "signal/pid.N", "signal/tid.N" (SIGEV_THREAD_ID: to one
+                // thread, as glibc's SIGEV_THREAD timers do), "none/pid.N".
                 let (kind, target) = val.split_once('/').unwrap_or((val, ""));
+                let to_thread = target.starts_with("tid.");
                 t.notify = match kind {
                     "none" => SIGEV_NONE,
-                    "thread" => SIGEV_THREAD_ID,
+                    _ if to_thread => SIGEV_THREAD_ID,
                     _ => SIGEV_SIGNAL,
                 };
                 t.tid = target.rsplit('.').next().and_then(|n| n.parse().ok()).unwrap_or(0);
@@ -114,7 +116,7 @@ mod tests {
     #[test]
     fn parses_proc_timers() {
         let t = super::parse(
-            "ID: 8\nsignal: 10/0000000000000055\nnotify: signal/pid.5063\nClockID: 1\nID: 7\nsignal: 14/0000000000000000\nnotify: thread/tid.5070\nClockID: 0\n",
+            "ID: 8\nsignal: 10/0000000000000055\nnotify: signal/pid.5063\nClockID: 1\nID: 7\nsignal: 14/0000000000000000\nnotify: signal/tid.5070\nClockID: 0\n",
         )
         .expect("parse");
         assert_eq!((t[0].id, t[0].signo, t[0].sigval, t[0].notify, t[0].clockid), (8, 10, 0x55, 0, 1));

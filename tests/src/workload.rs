@@ -65,6 +65,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "attrs",
     "seccomp_caps",
     "memstate",
+    "thread_timers",
 ];
 
 /// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed

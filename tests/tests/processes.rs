@@ -28,3 +28,11 @@ fn seccomp_caps_roundtrip() {
     crt_tests::init!();
     roundtrip("seccomp_caps");
 }
+
+/// POSIX timers that notify one thread (SIGEV_THREAD_ID, and glibc's
+/// SIGEV_THREAD built on it) keep firing at that thread.
+#[test]
+fn thread_timers_roundtrip() {
+    crt_tests::init!();
+    roundtrip("thread_timers");
+}

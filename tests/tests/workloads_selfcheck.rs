@@ -85,6 +85,16 @@ fn fd_state_passes() {
 }
 
 #[test]
+fn thread_timers_passes() {
+    selfcheck("thread_timers");
+}
+
+#[test]
+fn thread_timers_detects_a_stopped_timer() {
+    sabotaged("thread_timers", "SIGEV_THREAD_ID timer: only 0 signals");
+}
+
+#[test]
 fn memstate_passes() {
     selfcheck("memstate");
 }
