@@ -19,12 +19,16 @@
  * - a child process "locker" holding its own POSIX read lock on a file the
  *   parent read-locks too, and sharing the parent's flock LOCK_SH
  *   description: each finds its locks in its own fdinfo.
+ * - epoll: a pipe read end added as fd 702 (a dup) which was closed since,
+ *   an eventfd added under its own number, and another epoll instance
+ *   watching the first one; after restore each reports its own data.
  * Sabotage: after READY the POSIX lock on 0-9 is dropped and the pipe loses
  * O_NONBLOCK.
  */
 #include "wl_common.h"
 #include <dirent.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/socket.h>
@@ -284,6 +288,17 @@ int main(int argc, char **argv)
 		locker(lk_shared, lk_shflock);
 	wl_record_pid("locker", child, getpid());
 
+	/* epoll: an entry whose number was closed, one plain, one nested epoll */
+	int ep = epoll_create1(EPOLL_CLOEXEC), ep2 = epoll_create1(EPOLL_CLOEXEC);
+	int ep_pipe[2], ep_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (ep < 0 || ep2 < 0 || ep_efd < 0 || pipe2(ep_pipe, O_CLOEXEC) != 0 || dup2(ep_pipe[0], 702) != 702)
+		wl_die("epoll setup");
+	struct epoll_event e1 = { .events = EPOLLIN, .data.u64 = 0x702 }, e2 = { .events = EPOLLIN, .data.u64 = 0xef };
+	struct epoll_event e3 = { .events = EPOLLIN, .data.u64 = 0xe9 };
+	if (epoll_ctl(ep, EPOLL_CTL_ADD, 702, &e1) != 0 || epoll_ctl(ep, EPOLL_CTL_ADD, ep_efd, &e2) != 0 ||
+	    epoll_ctl(ep2, EPOLL_CTL_ADD, ep, &e3) != 0 || close(702) != 0)
+		wl_die("epoll_ctl");
+
 	check_outside(); /* the checks themselves hold before the dump */
 	wl_ready();
 	if (wl_sabotage) {
@@ -359,6 +374,19 @@ int main(int argc, char **argv)
 		usleep(10000);
 	WL_CHECK(sigio_fd == sio[0] && sigio_code == POLL_IN, "SIGUSR1 for the pipe (fd %d): si_fd %d code %d", sio[0],
 		 (int)sigio_fd, (int)sigio_code);
+
+	/* epoll */
+	struct epoll_event got_ev;
+	WL_CHECK(epoll_wait(ep, &got_ev, 1, 0) == 0, "epoll: ready before any write");
+	WL_CHECK(write(ep_pipe[1], "p", 1) == 1 && epoll_wait(ep2, &got_ev, 1, 1000) == 1 && got_ev.data.u64 == 0xe9,
+		 "nested epoll: not woken by the inner one");
+	WL_CHECK(epoll_wait(ep, &got_ev, 1, 1000) == 1 && got_ev.data.u64 == 0x702,
+		 "epoll: the pipe added as fd 702 (closed since) reports %#llx", (unsigned long long)got_ev.data.u64);
+	WL_CHECK(read(ep_pipe[0], &c, 1) == 1, "epoll: pipe read");
+	uint64_t one = 1;
+	WL_CHECK(write(ep_efd, &one, 8) == 8 && epoll_wait(ep, &got_ev, 1, 1000) == 1 && got_ev.data.u64 == 0xef,
+		 "epoll: the eventfd reports %#llx", (unsigned long long)got_ev.data.u64);
+	WL_CHECK(fcntl(702, F_GETFD) < 0, "epoll: fd 702 is open again");
 
 	/* locks */
 	check_outside();

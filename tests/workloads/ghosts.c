@@ -17,9 +17,12 @@
  *   with mode 0640, owner 1234:5678, a hole and seals;
  * - "ro.map": a file opened read-write and mapped shared read-only, so that
  *   mprotect(PROT_WRITE) works after restore.
+ * - an inotify watch (IN_MODIFY) on "a" after it was deleted: a write to
+ *   "a" after restore is reported with the watch's number.
  * Sabotage: after READY "a" gets mode 0600.
  */
 #include "wl_common.h"
+#include <sys/inotify.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 
@@ -79,8 +82,14 @@ int main(int argc, char **argv)
 	snprintf(self, sizeof(self), "/proc/self/fd/%d", a);
 	int a2 = open(self, O_RDONLY | O_CLOEXEC);
 	int a3 = open("a", O_PATH | O_CLOEXEC);
-	if (a2 < 0 || a3 < 0 || unlink("a") != 0)
-		wl_die("a2/a3/unlink a");
+	int in = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	int in_dummy = in < 0 ? -1 : inotify_add_watch(in, ".", IN_CREATE); /* wd 1 */
+	int in_wd = in < 0 ? -1 : inotify_add_watch(in, "a", IN_MODIFY);
+	if (a2 < 0 || a3 < 0 || in_dummy != 1 || in_wd != 2 || unlink("a") != 0)
+		wl_die("a2/a3/inotify/unlink a");
+	char evbuf[4096];
+	while (read(in, evbuf, sizeof(evbuf)) > 0) /* IN_ATTRIB of the unlink */
+		;
 
 	/* b: deleted, but linked elsewhere */
 	int b = open("b", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -143,6 +152,8 @@ int main(int argc, char **argv)
 	close(ro);
 
 	WL_CHECK(before == 0, "execveat of the memfd script failed before the dump: %d", before);
+	while (read(in, evbuf, sizeof(evbuf)) > 0) /* the setup's events: none left unread */
+		;
 	wl_ready();
 	if (wl_sabotage)
 		fchmod(a, 0600);
@@ -170,6 +181,14 @@ int main(int argc, char **argv)
 	WL_CHECK(pwrite(a, "X", 1, 100) == 1 && pread(a2, w, 1, 100) == 1 && w[0] == 'X',
 		 "ghost a: a write through one fd is not seen through the other");
 	WL_CHECK((fcntl(a2, F_GETFL) & O_ACCMODE) == O_RDONLY, "ghost a: second fd is not read-only");
+	while (read(in, evbuf, sizeof(evbuf)) > 0) /* events of the writes above */
+		;
+	WL_CHECK(pwrite(a, "Y", 1, 101) == 1, "ghost a: write");
+	ssize_t en = read(in, evbuf, sizeof(evbuf));
+	struct inotify_event *ie = (struct inotify_event *)evbuf;
+	WL_CHECK(en >= (ssize_t)sizeof(*ie) && ie->wd == in_wd && (ie->mask & IN_MODIFY),
+		 "inotify watch on deleted a: read %zd, wd %d mask %#x", en, en > 0 ? ie->wd : -1,
+		 en > 0 ? ie->mask : 0);
 
 	/* b */
 	struct stat sl;

@@ -1,8 +1,13 @@
 //! Built-in handler for epoll instances: flags and the interest list.
 //!
-//! The interest list names the task's own fd numbers, so it is rebuilt
-//! inside the task, once all its fds are back: the `restore_resume` hook
-//! runs `epoll_ctl(ADD)` there for every watched fd.
+//! An interest-list entry is an open file description and the fd number
+//! it was added with; the number may since have been closed, or reused for
+//! another file. At dump crt finds, for each entry, an fd of the task that
+//! still holds that description (`kcmp(KCMP_EPOLL_TFD)`). The list is
+//! rebuilt inside the task once all its fds are back (`restore_resume`):
+//! `epoll_ctl(ADD)` with the entry's number, which for a moved entry is
+//! pointed at the holder's description for the call and then given back
+//! (or closed), so epoll keeps the right file under the right key.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -38,11 +43,82 @@ fn targets(info: &str) -> Result<Vec<pb::EpollTarget>, String> {
             let events = at("events:").and_then(|v| u32::from_str_radix(v, 16).ok());
             let data = at("data:").and_then(|v| u64::from_str_radix(v, 16).ok());
             match (fd, events, data) {
-                (Some(fd), Some(events), Some(data)) => Ok(pb::EpollTarget { fd, events, data }),
+                (Some(fd), Some(events), Some(data)) => Ok(pb::EpollTarget { fd, events, data, holder: None }),
                 _ => Err(format!("cannot parse epoll fdinfo line {l:?}")),
             }
         })
         .collect()
+}
+
+const KCMP_EPOLL_TFD: i32 = 7;
+
+/// Is fd `cand` of `pid` the file of entry (`tfd`, `toff`) of epoll `epfd`?
+fn is_target(pid: i32, epfd: i32, tfd: i32, toff: u32, cand: i32) -> bool {
+    let slot = [epfd as u32, tfd as u32, toff]; // struct kcmp_epoll_slot
+                                                // SAFETY: kcmp reads the 12-byte slot; other arguments are integers.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_EPOLL_TFD, cand, slot.as_ptr()) };
+    r == 0
+}
+
+/// Finds, for each entry, an fd of the task holding its file now.
+fn find_holders(pid: i32, epfd: i32, targets: &mut [pb::EpollTarget]) -> Result<(), String> {
+    let fds = crate::procfs::fds(pid).map_err(|e| e.to_string())?;
+    for i in 0..targets.len() {
+        let tfd = targets[i].fd;
+        let toff = targets[..i].iter().filter(|t| t.fd == tfd).count() as u32;
+        if is_target(pid, epfd, tfd, toff, tfd) {
+            continue;
+        }
+        let holder = fds.iter().copied().find(|&c| is_target(pid, epfd, tfd, toff, c)).ok_or_else(|| {
+            format!(
+                "epoll fd {epfd} watches a file added as fd {tfd} that no fd of the process holds any more; crt cannot restore that entry"
+            )
+        })?;
+        targets[i].holder = Some(holder);
+    }
+    Ok(())
+}
+
+/// Runs a syscall in the task; a negative result is an error naming `what`.
+fn call(task: &mut TaskRef<'_>, what: &str, nr: i64, args: [u64; 6]) -> Result<i64, String> {
+    match task.syscall(nr, SyscallArgs::from(args)) {
+        RResult::ROk(r) if r < 0 => Err(format!("{what}: {}", std::io::Error::from_raw_os_error(-r as i32))),
+        RResult::ROk(r) => Ok(r),
+        RResult::RErr(e) => Err(e.into_string()),
+    }
+}
+
+/// Adds entry `t` to `epfd` inside the task (`ev` is task memory).
+fn add(task: &mut TaskRef<'_>, epfd: i32, t: &pb::EpollTarget, ev: u64) -> Result<(), String> {
+    // struct epoll_event is packed on x86_64: u32 events, u64 data.
+    let mut b = [0u8; 12];
+    b[..4].copy_from_slice(&t.events.to_le_bytes());
+    b[4..].copy_from_slice(&t.data.to_le_bytes());
+    task.write_mem(ev, b.as_slice().into()).into_result().map_err(RString::into_string)?;
+    let (tfd, ctl) = (t.fd as u64, libc::EPOLL_CTL_ADD as u64);
+    let what = format!("epoll fd {epfd}: watching fd {} again", t.fd);
+    let Some(holder) = t.holder else {
+        return call(task, &what, libc::SYS_epoll_ctl, [epfd as u64, ctl, tfd, ev, 0, 0]).map(drop);
+    };
+    // The number now names another file, or none: lend it the holder's for the call.
+    let fl = task.syscall(libc::SYS_fcntl, SyscallArgs::from([tfd, libc::F_GETFD as u64, 0, 0, 0, 0])).into_result();
+    let saved = match fl {
+        Ok(fl) if fl >= 0 => Some((
+            call(task, "fcntl(F_DUPFD_CLOEXEC)", libc::SYS_fcntl, [tfd, libc::F_DUPFD_CLOEXEC as u64, 0, 0, 0, 0])?,
+            fl,
+        )),
+        _ => None,
+    };
+    call(task, "dup3", libc::SYS_dup3, [holder as u64, tfd, 0, 0, 0, 0])?;
+    call(task, &what, libc::SYS_epoll_ctl, [epfd as u64, ctl, tfd, ev, 0, 0])?;
+    match saved {
+        Some((copy, fl)) => {
+            let cloexec = if fl & libc::FD_CLOEXEC as i64 != 0 { libc::O_CLOEXEC as u64 } else { 0 };
+            call(task, "dup3", libc::SYS_dup3, [copy as u64, tfd, cloexec, 0, 0, 0])?;
+            call(task, "close", libc::SYS_close, [copy as u64, 0, 0, 0, 0, 0]).map(drop)
+        }
+        None => call(task, "close", libc::SYS_close, [tfd, 0, 0, 0, 0, 0]).map(drop),
+    }
 }
 
 impl Handler for Epoll {
@@ -67,7 +143,11 @@ impl Handler for Epoll {
     }
 
     fn dump_fd(&self, _task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
-        let r = fdinfo(fd.pid, fd.fd).and_then(|info| Ok(pb::Epoll { flags: fd.flags, targets: targets(&info)? }));
+        let r = fdinfo(fd.pid, fd.fd).and_then(|info| {
+            let mut targets = targets(&info)?;
+            find_holders(fd.pid, fd.fd, &mut targets)?;
+            Ok(pb::Epoll { flags: fd.flags, targets })
+        });
         r.map(|m| RVec::from(m.encode_to_vec())).map_err(RString::from).into()
     }
 
@@ -92,28 +172,9 @@ impl Handler for Epoll {
             Err(e) => return RResult::RErr(e),
         };
         for (epfd, targets) in list {
-            for t in targets {
-                // struct epoll_event is packed on x86_64: u32 events, u64 data.
-                let mut ev = [0u8; 12];
-                ev[..4].copy_from_slice(&t.events.to_le_bytes());
-                ev[4..].copy_from_slice(&t.data.to_le_bytes());
-                if let RResult::RErr(e) = task.write_mem(scratch, ev.as_slice().into()) {
-                    return RResult::RErr(e);
-                }
-                let args = SyscallArgs::from([epfd as u64, libc::EPOLL_CTL_ADD as u64, t.fd as u64, scratch, 0, 0]);
-                match task.syscall(libc::SYS_epoll_ctl, args) {
-                    RResult::ROk(0) => {}
-                    RResult::ROk(r) => {
-                        return RResult::RErr(
-                            format!(
-                                "epoll fd {epfd}: watching fd {} again: {}",
-                                t.fd,
-                                std::io::Error::from_raw_os_error(-r as i32)
-                            )
-                            .into(),
-                        )
-                    }
-                    RResult::RErr(e) => return RResult::RErr(e),
+            for t in &targets {
+                if let Err(e) = add(&mut task, epfd, t, scratch) {
+                    return RResult::RErr(e.into());
                 }
             }
         }

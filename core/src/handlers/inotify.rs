@@ -57,8 +57,9 @@ fn parse(info: &str) -> Result<Vec<Watch>, String> {
         .collect()
 }
 
-/// The path of a watched file, from its handle (needs CAP_DAC_READ_SEARCH).
-fn resolve(w: &Watch) -> Result<String, String> {
+/// The path of a watched file and an `O_PATH` fd of it, from its handle
+/// (needs CAP_DAC_READ_SEARCH).
+fn resolve(w: &Watch) -> Result<(String, OwnedFd), String> {
     // The kernel's dev_t: major << 20 | minor.
     let (major, minor) = (w.sdev >> 20, w.sdev & 0xfffff);
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
@@ -83,7 +84,7 @@ fn resolve(w: &Watch) -> Result<String, String> {
     // SAFETY: the kernel just gave us this fd.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let path = std::fs::read_link(format!("/proc/self/fd/{}", owned.as_raw_fd())).map_err(|e| e.to_string())?;
-    Ok(path.to_string_lossy().into_owned())
+    Ok((path.to_string_lossy().into_owned(), owned))
 }
 
 fn dump(task: &mut TaskRef<'_>, fd: &FdDesc) -> Result<pb::Inotify, String> {
@@ -101,8 +102,16 @@ fn dump(task: &mut TaskRef<'_>, fd: &FdDesc) -> Result<pb::Inotify, String> {
     let info = fdinfo(fd.pid, fd.fd)?;
     let mut watches = Vec::new();
     for w in parse(&info)? {
-        let path = resolve(&w)?;
-        watches.push(pb::InotifyWatch { wd: w.wd, path, mask: w.mask, ino: w.ino });
+        let (path, file) = resolve(&w)?;
+        // A file deleted since it was watched: the same ghost as its fds.
+        let deleted = if super::is_deleted(&path) {
+            let meta = std::fs::File::from(file.try_clone().map_err(|e| e.to_string())?).metadata();
+            let meta = meta.map_err(|e| format!("stat {path}: {e}"))?;
+            Some(super::ghost::dump(&format!("/proc/self/fd/{}", file.as_raw_fd()), &path, meta.dev(), meta.ino())?)
+        } else {
+            None
+        };
+        watches.push(pb::InotifyWatch { wd: w.wd, path, mask: w.mask, ino: w.ino, deleted });
     }
     watches.sort_by_key(|w| w.wd);
     Ok(pb::Inotify { flags: fd.flags, watches })
@@ -133,11 +142,16 @@ fn restore(m: &pb::Inotify) -> Result<i32, String> {
             let _ = std::fs::remove_dir(&tmp);
             next = wd + 1;
         }
-        let meta = std::fs::metadata(&w.path).map_err(|e| format!("inotify watch {}: {}: {e}", w.wd, w.path))?;
-        if meta.ino() != w.ino {
-            return Err(format!("inotify watch {}: {} is another file than at dump time", w.wd, w.path));
-        }
-        let got = add_watch(fd, &w.path, w.mask)?;
+        let got = if let Some(g) = &w.deleted {
+            let anchor = super::ghost::restore(g).map_err(|e| format!("inotify watch {}: {e}", w.wd))?;
+            add_watch(fd, &format!("/proc/self/fd/{}", anchor.as_raw_fd()), w.mask)?
+        } else {
+            let meta = std::fs::metadata(&w.path).map_err(|e| format!("inotify watch {}: {}: {e}", w.wd, w.path))?;
+            if meta.ino() != w.ino {
+                return Err(format!("inotify watch {}: {} is another file than at dump time", w.wd, w.path));
+            }
+            add_watch(fd, &w.path, w.mask)?
+        };
         if got != w.wd {
             return Err(format!("inotify watch on {} got descriptor {got}, not {}", w.path, w.wd));
         }
