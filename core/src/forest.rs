@@ -120,7 +120,13 @@ impl Forest {
             }
             let mut stack = vec![root];
             while let Some(pid) = stack.pop() {
-                let p = read_proc(pid)?;
+                let p = match read_proc(pid) {
+                    Ok(p) => p,
+                    // A child that exited and was reaped since its parent
+                    // listed it: normal in a busy tree, it is just gone.
+                    Err(ForestError::Vanished { .. }) if pid != root => continue,
+                    Err(e) => return Err(e),
+                };
                 seen.insert(pid, root);
                 stack.extend(p.children.iter().rev());
                 forest.procs.push(p);
@@ -166,10 +172,15 @@ fn read_proc(pid: i32) -> Result<Proc, ForestError> {
         sid: stat.session,
         comm: stat.comm,
         threads,
-        children: procfs::children(pid)?,
+        children: procfs::children(pid).map_err(|_| ForestError::Vanished { pid })?,
         zombie: stat.state == 'Z',
         exit_code: stat.exit_code,
     })
+}
+
+/// Whether `tid` has exited (gone, a zombie, or dying).
+fn exited(tid: i32) -> bool {
+    procfs::stat(tid).map_or(true, |s| matches!(s.state, 'Z' | 'X' | 'x'))
 }
 
 /// A frozen thread and how it stopped.
@@ -204,26 +215,49 @@ impl Frozen {
                 if frozen.threads.iter().any(|t| t.tid == tid) {
                     continue;
                 }
-                let st = procfs::status(tid).map_err(|_| ForestError::Vanished { pid: tid })?;
-                if st.tracer_pid != 0 {
-                    return Err(ForestError::Traced { pid: tid, tracer: st.tracer_pid });
+                if frozen.freeze_thread(tid)? {
+                    new += 1;
                 }
-                // Filters must not apply to the syscalls crt runs in the task.
-                if ptrace::seize(tid, ptrace::PTRACE_O_SUSPEND_SECCOMP).is_err() {
-                    ptrace::seize(tid, 0)?;
-                }
-                frozen.threads.push(FrozenThread { tid, stashed: Vec::new(), stop_signal: 0 });
-                ptrace::interrupt(tid)?;
-                let t = frozen.threads.len() - 1;
-                frozen.wait_stopped(t)?;
-                new += 1;
             }
             let roots = forest.roots.clone();
             let mut fresh = Forest::discover(&roots)?;
             std::mem::swap(forest, &mut fresh);
             if new == 0 && forest.tids().all(|t| frozen.threads.iter().any(|f| f.tid == t)) {
+                // A pid crt froze that left the forest (it exited, was
+                // reaped and the pid was reused): not ours to hold.
+                let live: Vec<i32> = forest.tids().collect();
+                for t in frozen.threads.iter().filter(|t| !live.contains(&t.tid)) {
+                    let _ = ptrace::detach(t.tid, 0);
+                }
+                frozen.threads.retain(|t| live.contains(&t.tid));
                 return Ok(frozen);
             }
+        }
+    }
+
+    /// Seizes and interrupts `tid`; false when it exited meanwhile (a
+    /// thread or a child ending while crt freezes a busy tree is normal:
+    /// the next discovery sees it gone, or as a zombie).
+    fn freeze_thread(&mut self, tid: i32) -> Result<bool, ForestError> {
+        let Ok(st) = procfs::status(tid) else { return Ok(false) };
+        if st.tracer_pid != 0 {
+            return Err(ForestError::Traced { pid: tid, tracer: st.tracer_pid });
+        }
+        // Filters must not apply to the syscalls crt runs in the task.
+        let seized = ptrace::seize(tid, ptrace::PTRACE_O_SUSPEND_SECCOMP).or_else(|_| ptrace::seize(tid, 0));
+        if let Err(e) = seized {
+            return if exited(tid) { Ok(false) } else { Err(e.into()) };
+        }
+        self.threads.push(FrozenThread { tid, stashed: Vec::new(), stop_signal: 0 });
+        let idx = self.threads.len() - 1;
+        let stopped = ptrace::interrupt(tid).map_err(ForestError::from).and_then(|()| self.wait_stopped(idx));
+        match stopped {
+            Ok(()) => Ok(true),
+            Err(_) if exited(tid) => {
+                self.threads.remove(idx);
+                Ok(false)
+            }
+            Err(e) => Err(e),
         }
     }
 

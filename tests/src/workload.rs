@@ -66,6 +66,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "seccomp_caps",
     "memstate",
     "thread_timers",
+    "forker",
 ];
 
 /// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed

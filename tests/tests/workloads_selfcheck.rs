@@ -85,6 +85,16 @@ fn fd_state_passes() {
 }
 
 #[test]
+fn forker_passes() {
+    selfcheck("forker");
+}
+
+#[test]
+fn forker_detects_a_wrong_exit_status() {
+    sabotaged("forker", "round 5: child");
+}
+
+#[test]
 fn thread_timers_passes() {
     selfcheck("thread_timers");
 }
