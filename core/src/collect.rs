@@ -263,8 +263,8 @@ pub fn collect_task(
         dumpable,
         thp_disable,
         cgroups: crate::cgroups::read(pid),
-        cwd: procfs::link(pid, "cwd")?,
-        root: procfs::link(pid, "root")?,
+        cwd: existing_dir(pid, "cwd", "working directory")?,
+        root: existing_dir(pid, "root", "root directory")?,
         umask: status.umask,
         creds: main_creds,
         personality: procfs::personality(pid)?,
@@ -313,6 +313,19 @@ pub fn collect_task(
         t.pending.extend(p.stashed().iter().map(|raw| pb::SigInfo { raw: raw.to_vec() }));
     }
     Ok((task, plans))
+}
+
+/// The cwd or root link of `pid`, refused when that directory was removed
+/// (crt would have nowhere to put the process back).
+fn existing_dir(pid: i32, link: &str, what: &str) -> Result<String, DumpError> {
+    let path = procfs::link(pid, link)?;
+    if path.ends_with(" (deleted)") || std::fs::metadata(format!("/proc/{pid}/{link}")).is_err() {
+        return Err(DumpError::Unsupported {
+            pid,
+            what: format!("its {what} {path} was removed; crt cannot recreate a removed directory"),
+        });
+    }
+    Ok(path)
 }
 
 fn collect_vma(

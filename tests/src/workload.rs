@@ -67,6 +67,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "memstate",
     "thread_timers",
     "forker",
+    "pidfds",
 ];
 
 /// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed

@@ -16,3 +16,11 @@ fn ghosts_roundtrip() {
     crt_tests::init!();
     roundtrip("ghosts");
 }
+
+/// pidfds of the process itself, of a child restored after it, of a
+/// thread, of a process outside the forest, and of a reaped child.
+#[test]
+fn pidfds_roundtrip() {
+    crt_tests::init!();
+    roundtrip("pidfds");
+}

@@ -69,6 +69,13 @@ fn file_locks_survive() {
     }
 }
 
+/// A working directory that was removed is refused, naming it.
+#[test]
+fn removed_cwd_is_refused() {
+    crt_tests::init!();
+    refused("removed_cwd", "working directory");
+}
+
 /// A lease in the middle of being broken (another process waits in open
 /// for the holder to give it up) is refused, naming the fd and the state.
 #[test]

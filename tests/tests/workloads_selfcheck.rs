@@ -85,6 +85,16 @@ fn fd_state_passes() {
 }
 
 #[test]
+fn pidfds_passes() {
+    selfcheck("pidfds");
+}
+
+#[test]
+fn pidfds_detects_a_wrong_pidfd() {
+    sabotaged("pidfds", "pidfd of the kid shows 1");
+}
+
+#[test]
 fn forker_passes() {
     selfcheck("forker");
 }

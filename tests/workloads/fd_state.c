@@ -22,6 +22,8 @@
  * - epoll: a pipe read end added as fd 702 (a dup) which was closed since,
  *   an eventfd added under its own number, and another epoll instance
  *   watching the first one; after restore each reports its own data.
+ * - timerfds: one holding 5 expirations not yet read, one absolute
+ *   CLOCK_REALTIME timer with TFD_TIMER_CANCEL_ON_SET an hour away;
  * Sabotage: after READY the POSIX lock on 0-9 is dropped and the pipe loses
  * O_NONBLOCK.
  */
@@ -29,6 +31,8 @@
 #include <dirent.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/timerfd.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/socket.h>
@@ -299,6 +303,17 @@ int main(int argc, char **argv)
 	    epoll_ctl(ep2, EPOLL_CTL_ADD, ep, &e3) != 0 || close(702) != 0)
 		wl_die("epoll_ctl");
 
+	/* timerfds */
+	int tf_ticks = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	int tf_abs = timerfd_create(CLOCK_REALTIME, TFD_CLOEXEC);
+	uint64_t five = 5;
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	struct itimerspec in_an_hour = { { 0, 0 }, { now.tv_sec + 3600, 0 } };
+	if (tf_ticks < 0 || tf_abs < 0 || ioctl(tf_ticks, _IOW('T', 0, uint64_t), &five) != 0 ||
+	    timerfd_settime(tf_abs, TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET, &in_an_hour, NULL) != 0)
+		wl_die("timerfds");
+
 	check_outside(); /* the checks themselves hold before the dump */
 	wl_ready();
 	if (wl_sabotage) {
@@ -374,6 +389,19 @@ int main(int argc, char **argv)
 		usleep(10000);
 	WL_CHECK(sigio_fd == sio[0] && sigio_code == POLL_IN, "SIGUSR1 for the pipe (fd %d): si_fd %d code %d", sio[0],
 		 (int)sigio_fd, (int)sigio_code);
+
+	/* timerfds */
+	uint64_t ticks = 0;
+	WL_CHECK(read(tf_ticks, &ticks, 8) == 8 && ticks == 5, "timerfd: %llu expirations unread, want 5",
+		 (unsigned long long)ticks);
+	struct itimerspec left;
+	WL_CHECK(timerfd_gettime(tf_abs, &left) == 0 && left.it_value.tv_sec > 3000 && left.it_value.tv_sec <= 3600,
+		 "absolute timerfd: %lld s left", (long long)left.it_value.tv_sec);
+	char fi[64], fib[512];
+	snprintf(fi, sizeof(fi), "/proc/self/fdinfo/%d", tf_abs);
+	ssize_t fin = wl_read_file(fi, fib, sizeof(fib) - 1);
+	fib[fin > 0 ? fin : 0] = 0;
+	WL_CHECK(strstr(fib, "settime flags: 03") != NULL, "absolute timerfd: lost TFD_TIMER_ABSTIME|CANCEL_ON_SET");
 
 	/* epoll */
 	struct epoll_event got_ev;

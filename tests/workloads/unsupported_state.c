@@ -8,6 +8,7 @@
  *             counting handler (restorable: ticks must continue)
  *   seccomp — runs under an allow-everything seccomp filter
  *   nnp     — sets no_new_privs (restorable: checked at SIGTERM)
+ *   removed_cwd — its working directory was removed (rmdir)
  *   lease_breaking — holds a read lease that a child's open for writing
  *             is breaking (the child waits in open until SIGTERM)
 
@@ -74,6 +75,9 @@ int main(int argc, char **argv)
 	} else if (!strcmp(mode, "nnp")) {
 		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
 			wl_die("nnp");
+	} else if (!strcmp(mode, "removed_cwd")) {
+		if (mkdir(wl_path("gone"), 0755) != 0 || chdir(wl_path("gone")) != 0 || rmdir(wl_path("gone")) != 0)
+			wl_die("removed_cwd");
 	} else if (!strcmp(mode, "lease_breaking")) {
 		/* a read lease, and a child whose open for writing breaks it:
 		 * the child waits in open() until the lease is given up */

@@ -24,6 +24,7 @@ mod inotify;
 mod memfd;
 mod memory;
 mod opath;
+mod pidfd;
 mod pipe;
 mod regfile;
 mod shmem;
