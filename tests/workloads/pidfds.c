@@ -3,7 +3,8 @@
  * "Pid:" line of their fdinfo, and what they still do):
  * - of itself (non-blocking); of its child "kid" (which crt restores after
  *   the parent); of one of its threads (PIDFD_THREAD); of pid 1, outside
- *   the forest; of a child that exited and was reaped (Pid: -1).
+ *   the forest; two of a child that exited and was reaped (Pid: -1, one
+ *   pidfs inode).
  * At SIGTERM: each shows the right pid; the kid is signalled and reaped
  * through its pidfd (waitid P_PIDFD); the dead one gives ESRCH.
  * Sabotage: the pidfd of the kid is replaced by one of pid 1.
@@ -61,13 +62,13 @@ int main(int argc, char **argv)
 	pid_t gone = fork();
 	if (gone == 0)
 		_exit(0);
-	int fd_gone = pidfd_open(gone, 0);
+	int fd_gone = pidfd_open(gone, 0), fd_gone2 = pidfd_open(gone, 0);
 	waitpid(gone, NULL, 0);
 	int fd_self = pidfd_open(getpid(), O_NONBLOCK);
 	int fd_kid = pidfd_open(kid, 0);
 	int fd_thread = pidfd_open(thread_tid, PIDFD_THREAD);
 	int fd_init = pidfd_open(1, 0);
-	if (fd_gone < 0 || fd_self < 0 || fd_kid < 0 || fd_thread < 0 || fd_init < 0)
+	if (fd_gone < 0 || fd_gone2 < 0 || fd_self < 0 || fd_kid < 0 || fd_thread < 0 || fd_init < 0)
 		wl_die("pidfd_open");
 	wl_ready();
 	if (wl_sabotage)
@@ -81,6 +82,10 @@ int main(int argc, char **argv)
 	WL_CHECK(fdinfo_pid(fd_thread) == thread_tid, "pidfd of the thread shows %d", fdinfo_pid(fd_thread));
 	WL_CHECK(fdinfo_pid(fd_init) == 1, "pidfd of pid 1 shows %d", fdinfo_pid(fd_init));
 	WL_CHECK(fdinfo_pid(fd_gone) == -1, "pidfd of the reaped child shows %d", fdinfo_pid(fd_gone));
+	struct stat g1, g2;
+	WL_CHECK(fstat(fd_gone, &g1) == 0 && fstat(fd_gone2, &g2) == 0 && g1.st_ino == g2.st_ino,
+		 "two pidfds of one reaped child: inodes %lu and %lu", (unsigned long)g1.st_ino,
+		 (unsigned long)g2.st_ino);
 	WL_CHECK(syscall(SYS_pidfd_send_signal, fd_gone, 0, NULL, 0) < 0 && errno == ESRCH,
 		 "signal through the reaped child's pidfd: errno %d", errno);
 	if (fdinfo_pid(fd_kid) == kid) {

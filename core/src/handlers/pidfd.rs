@@ -3,7 +3,9 @@
 //! outside it, checked to be the same process by its start time), of a
 //! thread (`PIDFD_THREAD`), or of a process that has exited and was reaped
 //! (the kernel then shows pid -1: crt makes such a pidfd of a child of its
-//! own that exits at once).
+//! own that exits at once, one child per dumped pidfs inode, so pidfds of
+//! one dead process keep one inode; the children are reaped once every fd
+//! exists, at the first `restore_resume`).
 //!
 //! A pidfd of a process of the forest created later than the holder is
 //! made at `restore_resume`, once every process exists: until then the fd
@@ -31,6 +33,9 @@ pub struct PidFd {
     /// The pids of the forest being restored (those are restored, not
     /// checked: a restored process has a new start time).
     forest: Mutex<Vec<i32>>,
+    /// Exited children of crt standing for dead processes, by dumped
+    /// pidfs inode; reaped at resume.
+    dead: Mutex<HashMap<u64, i32>>,
 }
 
 inventory::submit! { Builtin { priority: 135, make: || boxed(PidFd::default()) } }
@@ -47,22 +52,39 @@ fn pidfd_open(pid: i32, flags: u32) -> Result<i32, String> {
     fd_or_err(r as i32, &format!("pidfd_open({pid})"))
 }
 
-/// A pidfd whose process has exited and been reaped.
-fn dead_pidfd(flags: u32) -> Result<i32, String> {
-    // SAFETY: the child only calls _exit; the parent reaps it below.
-    let child = unsafe { libc::fork() };
-    if child == 0 {
-        // SAFETY: leaving the child at once.
-        unsafe { libc::_exit(0) };
+impl PidFd {
+    /// A pidfd of an exited process standing for dumped inode `ino` (the
+    /// same one for every pidfd of that inode); reaped in [`PidFd::reap`].
+    fn dead_pidfd(&self, ino: u64, flags: u32) -> Result<i32, String> {
+        let mut dead = self.dead.lock().map_err(|_| "pidfd state poisoned".to_string())?;
+        let child = match dead.get(&ino) {
+            Some(&c) => c,
+            None => {
+                // SAFETY: the child only calls _exit; crt reaps it later.
+                let child = unsafe { libc::fork() };
+                if child == 0 {
+                    // SAFETY: leaving the child at once.
+                    unsafe { libc::_exit(0) };
+                }
+                if child < 0 {
+                    return Err(format!("fork: {}", std::io::Error::last_os_error()));
+                }
+                dead.insert(ino, child);
+                child
+            }
+        };
+        pidfd_open(child, flags & libc::O_NONBLOCK as u32)
     }
-    if child < 0 {
-        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+
+    /// Reaps the stand-ins: their pidfds now show pid -1.
+    fn reap(&self) {
+        let Ok(mut dead) = self.dead.lock() else { return };
+        for (_, child) in dead.drain() {
+            let mut st = 0;
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(child, &mut st, 0) };
+        }
     }
-    let fd = pidfd_open(child, flags & libc::O_NONBLOCK as u32);
-    let mut st = 0;
-    // SAFETY: reaping our own child.
-    unsafe { libc::waitpid(child, &mut st, 0) };
-    fd
 }
 
 impl PidFd {
@@ -112,7 +134,7 @@ impl Handler for PidFd {
                 .and_then(|v| v.trim().parse::<i32>().ok())
                 .ok_or("no Pid in the pidfd's fdinfo")?;
             let start_time = if pid > 0 { start_time(pid).unwrap_or(0) } else { 0 };
-            Ok(pb::PidFd { pid, flags: fd.flags, start_time })
+            Ok(pb::PidFd { pid, flags: fd.flags, start_time, ino: fd.ino })
         });
         r.map(|m| RVec::from(m.encode_to_vec())).map_err(RString::from).into()
     }
@@ -120,7 +142,7 @@ impl Handler for PidFd {
     fn restore_fd(&self, task: TaskRef<'_>, fd: i32, blob: RSlice<'_, u8>) -> RResult<i32, RString> {
         let r = pb::PidFd::decode(blob.as_slice()).map_err(|e| format!("corrupt pidfd record: {e}")).and_then(|m| {
             if m.pid <= 0 {
-                return dead_pidfd(m.flags);
+                return self.dead_pidfd(m.ino, m.flags);
             }
             if start_time(m.pid).is_some() {
                 check_same(&m, self.restored(&m))?;
@@ -136,6 +158,7 @@ impl Handler for PidFd {
     }
 
     fn restore_resume(&self, mut task: TaskRef<'_>) -> RResult<(), RString> {
+        self.reap(); // every fd exists by now
         let Some(list) = self.pending.lock().ok().and_then(|mut p| p.remove(&task.pid())) else {
             return RResult::ROk(());
         };
@@ -166,6 +189,7 @@ impl Handler for PidFd {
     }
 
     fn restore_finish(&self, _ok: bool) {
+        self.reap();
         if let Ok(mut p) = self.pending.lock() {
             p.clear();
         }
