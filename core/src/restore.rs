@@ -78,6 +78,14 @@ pub enum RestoreError {
         /// Its state letter.
         state: char,
     },
+    /// A pid the image needs is still held by a process being torn down.
+    #[error(
+        "pid {pid} is still held by a process that is exiting (gone from /proc, not yet released); retry in a moment"
+    )]
+    PidReleasing {
+        /// The pid.
+        pid: i32,
+    },
     /// clone3 failed.
     #[error("pid {pid}: creating the task with clone3(set_tid)")]
     Clone {

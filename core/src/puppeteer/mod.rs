@@ -125,8 +125,38 @@ struct CloneArgs {
     cgroup: u64,
 }
 
+/// How long a pid that is busy but not in /proc (a process being torn
+/// down: its /proc entry is gone, its pid not yet free) may take to free.
+const PID_RELEASE_WAIT: Duration = Duration::from_secs(3);
+
+/// Runs `attempt` (a `clone3` with `set_tid`) again while it fails with
+/// `EEXIST` for a pid that no process shows in /proc; the error for a pid
+/// that stays busy.
+fn retry_busy_pid<T>(pid: i32, mut attempt: impl FnMut() -> Result<T, i32>) -> Result<T, RestoreError> {
+    let deadline = Instant::now() + PID_RELEASE_WAIT;
+    loop {
+        match attempt() {
+            Ok(v) => return Ok(v),
+            Err(e) if e != libc::EEXIST => {
+                return Err(RestoreError::Clone { pid, source: std::io::Error::from_raw_os_error(e) })
+            }
+            Err(_) => {}
+        }
+        match procfs::stat(pid) {
+            Ok(stat) => return Err(RestoreError::PidBusy { pid, comm: stat.comm, state: stat.state }),
+            Err(_) if Instant::now() > deadline => return Err(RestoreError::PidReleasing { pid }),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 /// Creates a child of crt with pid `pid` that stops itself under ptrace.
 pub fn fork_stopped(pid: i32) -> Result<i32, RestoreError> {
+    let child = retry_busy_pid(pid, || fork_stopped_once(pid))?;
+    adopt_stopped(pid, child)
+}
+
+fn fork_stopped_once(pid: i32) -> Result<i32, i32> {
     let tids = [pid];
     let args = CloneArgs {
         exit_signal: libc::SIGCHLD as u64,
@@ -151,14 +181,14 @@ pub fn fork_stopped(pid: i32) -> Result<i32, RestoreError> {
         unsafe { libc::syscall(libc::SYS_exit_group, 127) };
     }
     if r < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EEXIST) {
-            let stat = procfs::stat(pid).unwrap_or_default();
-            return Err(RestoreError::PidBusy { pid, comm: stat.comm, state: stat.state });
-        }
-        return Err(RestoreError::Clone { pid, source: e });
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
     }
-    let child = r as i32;
+    Ok(r as i32)
+}
+
+/// Takes over the child [`fork_stopped_once`] made: its first stop, then
+/// crt's ptrace options.
+fn adopt_stopped(pid: i32, child: i32) -> Result<i32, RestoreError> {
     match ptrace::wait(child)? {
         Stop::Stopped { sig, .. } if sig == libc::SIGSTOP => {}
         other => {
@@ -403,11 +433,18 @@ impl Builder {
         args.set_tid_size = 1;
         let bytes = args.to_bytes();
         self.p.write(at, &bytes)?;
-        let r = self.p.syscall_raw(what, libc::SYS_clone3, [at, bytes.len() as u64, 0, 0, 0, 0])?;
-        if r == -i64::from(libc::EEXIST) {
-            let stat = procfs::stat(want).unwrap_or_default();
-            return Err(RestoreError::PidBusy { pid: want, comm: stat.comm, state: stat.state });
-        }
+        let mut injected = Ok(());
+        let r = retry_busy_pid(want, || {
+            match self.p.syscall_raw(what, libc::SYS_clone3, [at, bytes.len() as u64, 0, 0, 0, 0]) {
+                Ok(r) if r == -i64::from(libc::EEXIST) => Err(libc::EEXIST),
+                Ok(r) => Ok(r),
+                Err(e) => {
+                    injected = Err(e);
+                    Ok(0)
+                }
+            }
+        })?;
+        injected?;
         if r != i64::from(want) {
             return Err(other(self.pid, format!("{what} for {want}"), format!("clone3 returned {r}")));
         }
