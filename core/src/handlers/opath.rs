@@ -33,31 +33,15 @@ impl Handler for OPath {
     }
 
     fn dump_fd(&self, _task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
-        let deleted = if is_deleted(&fd.link) && fd.file_type() != libc::S_IFREG {
+        if is_deleted(&fd.link) && fd.file_type() != libc::S_IFREG {
             let what = format!(
                 "O_PATH fd on {}, which was deleted and is not a regular file; crt cannot name it again",
                 fd.link
             );
             return RResult::RErr(what.into());
-        } else if is_deleted(&fd.link) {
-            match ghost::dump(&format!("/proc/{}/fd/{}", fd.pid, fd.fd), &fd.link, fd.dev, fd.ino) {
-                Ok(g) => Some(g),
-                Err(e) => return RResult::RErr(e.into()),
-            }
-        } else {
-            None
-        };
-        let img = pb::RegFile {
-            path: fd.link.strip_suffix(" (deleted)").unwrap_or(&fd.link).to_string(),
-            flags: fd.flags,
-            mode: fd.mode,
-            dev: fd.dev,
-            ino: fd.ino,
-            ghost: deleted.is_some(),
-            deleted,
-            ..Default::default()
-        };
-        RResult::ROk(img.encode_to_vec().into())
+        }
+        // The regular file record: path, flags, inode, and the ghost of a deleted file.
+        super::regfile::dump_blob(fd).map(RVec::from).map_err(RString::from).into()
     }
 
     fn restore_fd(&self, _task: TaskRef<'_>, _fd: i32, blob: RSlice<'_, u8>) -> RResult<i32, RString> {

@@ -16,7 +16,6 @@
 
 use super::RestoreError;
 use crate::images::pb;
-use crate::procfs;
 use crate::puppet::Puppet;
 
 const PR_GET_SECUREBITS: u64 = 27;
@@ -36,19 +35,7 @@ pub fn securebits(p: &mut Puppet) -> Result<u32, crate::puppet::PuppetError> {
 
 /// The credentials of thread `tid` as `/proc` shows them.
 fn current(tid: i32) -> Result<pb::Creds, RestoreError> {
-    let st = procfs::status(tid)?;
-    Ok(pb::Creds {
-        uids: st.uids,
-        gids: st.gids,
-        groups: st.groups,
-        cap_inh: st.cap_inh,
-        cap_prm: st.cap_prm,
-        cap_eff: st.cap_eff,
-        cap_bnd: st.cap_bnd,
-        cap_amb: st.cap_amb,
-        no_new_privs: st.no_new_privs,
-        securebits: 0,
-    })
+    Ok(crate::task_state::read_creds(tid)?)
 }
 
 /// What differs between two credentials, for messages.
