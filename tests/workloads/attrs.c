@@ -142,6 +142,10 @@ int main(int argc, char **argv)
 
 	pid_t tstp = fork();
 	if (tstp == 0) {
+		/* A group of its own, whose parent is in another group of the
+		 * session: not orphaned, so the kernel does not discard SIGTSTP
+		 * (CI runs the tests in an orphaned group). */
+		setpgid(0, 0);
 		kill(getpid(), SIGTSTP);
 		for (;;)
 			pause();
