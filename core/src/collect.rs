@@ -177,6 +177,8 @@ pub fn zombie_task(p: &Proc) -> pb::Task {
         zombie: true,
         exit_code: p.exit_code,
         exit_signal: procfs::stat(p.pid).map(|s| s.exit_signal).unwrap_or(libc::SIGCHLD),
+        // Its parent sees the real uid (waitid, SIGCHLD); /proc shows all.
+        creds: task_state::read_creds(p.pid).ok(),
         ..Default::default()
     }
 }

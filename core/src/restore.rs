@@ -191,11 +191,15 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
         }
     };
 
-    // 5. Resume all together.
+    // 5. Resume all together, children before their parents (the builders
+    // are in creation order): a process that signals its children as soon
+    // as it runs then finds them released already, rather than on their
+    // way out of the stop, where a signal runs its handler after the
+    // kernel has rewound their interrupted syscall for restart.
     let t = Instant::now();
     {
         let _s = info_span!("resume").entered();
-        for (b, task) in &builders {
+        for (b, task) in builders.iter().rev() {
             if let Err(e) = b.resume(task) {
                 created.kill_all();
                 finish(false);

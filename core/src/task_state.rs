@@ -126,22 +126,43 @@ pub fn write_prctls(p: &mut Puppet, task: &pb::Task) -> Result<(), PuppetError> 
     if task.thp_disable {
         p.call("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, [libc::PR_SET_THP_DISABLE as u64, 1, 0, 0, 0, 0])?;
     }
-    if task.dumpable == 0 {
-        p.call("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, [libc::PR_SET_DUMPABLE as u64, 0, 0, 0, 0, 0])?;
-    }
     Ok(())
 }
 
-/// Sets a thread's parent-death signal (not for roots: their parent is now
-/// crt) and timer slack.
-pub fn write_thread_prctls(p: &mut Puppet, t: &pb::Thread, is_root: bool) -> Result<(), PuppetError> {
-    if t.pdeathsig != 0 && !is_root {
-        p.call(
-            "prctl(PR_SET_PDEATHSIG)",
-            libc::SYS_prctl,
-            [libc::PR_SET_PDEATHSIG as u64, t.pdeathsig as u64, 0, 0, 0, 0],
-        )?;
+/// What the kernel resets when a thread's uids, gids or capabilities
+/// change (`commit_creds`): the mm's dumpable flag (to `fs.suid_dumpable`)
+/// and that thread's parent-death signal. Set once the credentials are.
+/// Returns the dumpable value the process has now (the dumped one unless
+/// that was 2, which only the kernel sets).
+pub fn write_after_creds(
+    p: &mut Puppet,
+    threads: &mut [Puppet],
+    task: &pb::Task,
+    is_root: bool,
+) -> Result<i32, PuppetError> {
+    let get = |p: &mut Puppet| {
+        p.call("prctl(PR_GET_DUMPABLE)", libc::SYS_prctl, [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0])
+    };
+    let mut now = get(p)? as i32;
+    if now != task.dumpable && (task.dumpable == 0 || task.dumpable == 1) {
+        let d = task.dumpable as u64;
+        p.call("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, [libc::PR_SET_DUMPABLE as u64, d, 0, 0, 0, 0])?;
+        now = get(p)? as i32;
     }
+    // Roots: their parent is now crt, whose death is no event of theirs.
+    if !is_root {
+        for (p, t) in std::iter::once(p).chain(threads.iter_mut()).zip(&task.threads) {
+            if t.pdeathsig != 0 {
+                let sig = t.pdeathsig as u64;
+                p.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, [libc::PR_SET_PDEATHSIG as u64, sig, 0, 0, 0, 0])?;
+            }
+        }
+    }
+    Ok(now)
+}
+
+/// Sets a thread's timer slack.
+pub fn write_thread_prctls(p: &mut Puppet, t: &pb::Thread) -> Result<(), PuppetError> {
     if t.timerslack_ns != 0 {
         p.call(
             "prctl(PR_SET_TIMERSLACK)",

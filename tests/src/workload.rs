@@ -1,7 +1,7 @@
 //! Test workloads: spawning, the READY/PASS protocol, logs and signals.
 
 use std::cell::Cell;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,8 +148,27 @@ impl Workload {
     /// `CRT_WL_NO_DRAIN` are cleared from the inherited environment: only
     /// `env` sets them.
     pub fn spawn_with_env(name: &str, env: &[(&str, &str)]) -> Self {
-        let exe = workload_exe(name);
+        Self::spawn_inner(name, env, None)
+    }
+
+    /// Spawns workload `name` as user and group `uid` (no supplementary
+    /// groups), like a service that runs as its own user: its work
+    /// directory is `uid`'s, and it runs a copy of its program there (the
+    /// build directory need not be readable by `uid`).
+    pub fn spawn_as(name: &str, uid: u32) -> Self {
+        Self::spawn_inner(name, &[], Some(uid))
+    }
+
+    fn spawn_inner(name: &str, env: &[(&str, &str)], as_uid: Option<u32>) -> Self {
+        let mut exe = workload_exe(name);
         let dir = TestDir::new(&format!("crt-wl-{name}-"));
+        if let Some(uid) = as_uid {
+            let copy = dir.path().join(name);
+            std::fs::copy(&exe, &copy)
+                .unwrap_or_else(|e| panic!("copying {} to {}: {e}", exe.display(), copy.display()));
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).expect("chown the work directory");
+            exe = copy;
+        }
         let log_path = dir.path().join("out.log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("create out.log");
         let log2 = log.try_clone().expect("dup out.log");
@@ -163,6 +182,10 @@ impl Workload {
         process::close_extra_fds(&mut cmd);
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(uid) = as_uid {
+            // std drops the supplementary groups too (setgroups(0)).
+            cmd.uid(uid).gid(uid);
         }
         let child = process::spawn_tracked(&mut cmd)
             .unwrap_or_else(|e| panic!("spawning workload {} ({}): {e}", name, exe.display()));

@@ -96,8 +96,7 @@ int main(int argc, char **argv)
 		io_getevents(ctx[0], 1, 1, e, NULL);
 	}
 	wl_ready();
-	while (!wl_term)
-		pause();
+	wl_wait_term();
 	struct timespec zero = {0, 0};
 	uint64_t ticks_at_term[8];
 	for (int i = 0; i < nthreads && i < 8; i++)

@@ -1,6 +1,6 @@
 /*
  * bigmem: holds $CRT_BIGMEM_MB MiB (default 64) of pseudo-random anonymous
- * memory, for the page benchmark.  Blocks in pause(); at SIGTERM verifies
+ * memory, for the page benchmark.  Sleeps until SIGTERM, then verifies
  * every word of the pattern.
  */
 #include "wl_common.h"
@@ -18,8 +18,7 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < words; i++)
 		p[i] = wl_mix(i);
 	wl_ready();
-	while (!wl_term)
-		pause();
+	wl_wait_term();
 	size_t bad = 0;
 	for (size_t i = 0; i < words; i++)
 		bad += p[i] != wl_mix(i);

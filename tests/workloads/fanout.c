@@ -33,8 +33,7 @@ int main(int argc, char **argv)
 		if (c == 0) {
 			for (size_t k = 0; k < 512; k++)
 				state[k] = wl_mix((uint64_t)i * 1000 + k);
-			while (!wl_term)
-				pause();
+			wl_wait_term();
 			_exit(check_state((uint64_t)i * 1000) && getppid() == wl_pid ? 0 : 1);
 		}
 		kids[i] = c;
@@ -42,8 +41,7 @@ int main(int argc, char **argv)
 	for (size_t k = 0; k < 512; k++)
 		state[k] = wl_mix(k);
 	wl_ready();
-	while (!wl_term)
-		pause();
+	wl_wait_term();
 	int bad = 0;
 	for (int i = 1; i < n; i++)
 		kill(kids[i], SIGTERM);

@@ -124,8 +124,7 @@ static void locker(int shared_fd, int flock_fd)
 	struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0 };
 	if (fcntl(shared_fd, F_SETLK, &fl) != 0)
 		wl_die("locker: F_SETLK");
-	while (!wl_term)
-		pause();
+	wl_wait_term();
 	WL_CHECK(has_lock_line(shared_fd, "POSIX", "READ"), "locker: its POSIX read lock is gone");
 	WL_CHECK(has_lock_line(flock_fd, "FLOCK", "READ"), "locker: the shared flock LOCK_SH is gone");
 	wl_child_exit();

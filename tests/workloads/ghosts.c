@@ -3,7 +3,8 @@
  * that must stay apart or shared, checked from inside after restore.
  *
  * - "a": deleted while open, sparse (data at 0 and at 4 MiB), mode 0751,
- *   owner 1234:5678, atime/mtime set; a second description opened through
+ *   owner 1234:5678 (its own when not
+ *   run as root), atime/mtime set; a second description opened through
  *   /proc/self/fd (same inode: a write through one is read through the
  *   other) and an O_PATH fd on it;
  * - "b": deleted while open but still linked as "b.link": the same inode
@@ -25,6 +26,10 @@
 #include <sys/inotify.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+
+/* The owner given to the ghosts: another user's when run as root. */
+static uid_t own_uid = 1234;
+static gid_t own_gid = 5678;
 
 #define BIG (4 << 20)
 #define PAGE 4096
@@ -66,6 +71,10 @@ static int run_memfd(int fd)
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
+	if (geteuid() != 0) {
+		own_uid = geteuid();
+		own_gid = getegid();
+	}
 	if (chdir(wl_dir) != 0)
 		wl_die("chdir");
 
@@ -73,7 +82,7 @@ int main(int argc, char **argv)
 	int a = open("a", O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (a < 0 || pwrite(a, "head", 4, 0) != 4 || pwrite(a, "tail", 4, BIG) != 4)
 		wl_die("a");
-	if (fchown(a, 1234, 5678) != 0 || fchmod(a, 0751) != 0)
+	if (fchown(a, own_uid, own_gid) != 0 || fchmod(a, 0751) != 0)
 		wl_die("a attributes");
 	struct timespec times[2] = { { ATIME, 0 }, { MTIME, 123 } };
 	if (futimens(a, times) != 0)
@@ -138,7 +147,7 @@ int main(int argc, char **argv)
 		wl_die("memfd script");
 	int before = run_memfd(mx);
 	int md = (int)syscall(SYS_memfd_create, "data", 2 /* MFD_ALLOW_SEALING */ | 1 /* CLOEXEC */);
-	if (md < 0 || pwrite(md, "end", 3, BIG) != 3 || fchmod(md, 0640) != 0 || fchown(md, 1234, 5678) != 0 ||
+	if (md < 0 || pwrite(md, "end", 3, BIG) != 3 || fchmod(md, 0640) != 0 || fchown(md, own_uid, own_gid) != 0 ||
 	    fcntl(md, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0)
 		wl_die("memfd data");
 
@@ -166,7 +175,7 @@ int main(int argc, char **argv)
 		wl_die("fstat a");
 	WL_CHECK(st.st_nlink == 0, "ghost a: nlink %lu", (unsigned long)st.st_nlink);
 	WL_CHECK((st.st_mode & 07777) == 0751, "ghost a: mode %o, want 751", st.st_mode & 07777);
-	WL_CHECK(st.st_uid == 1234 && st.st_gid == 5678, "ghost a: owner %d:%d", st.st_uid, st.st_gid);
+	WL_CHECK(st.st_uid == own_uid && st.st_gid == own_gid, "ghost a: owner %d:%d", st.st_uid, st.st_gid);
 	WL_CHECK(st.st_size == BIG + 4, "ghost a: size %lld", (long long)st.st_size);
 	WL_CHECK(st.st_mtim.tv_sec == MTIME && st.st_mtim.tv_nsec == 123, "ghost a: mtime %lld.%09ld",
 		 (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
@@ -217,8 +226,8 @@ int main(int argc, char **argv)
 	/* memfds */
 	int after = run_memfd(mx);
 	WL_CHECK(after == 0, "execveat of the memfd script: status %d (100+errno)", after);
-	WL_CHECK(fstat(md, &st) == 0 && (st.st_mode & 07777) == 0640 && st.st_uid == 1234 &&
-			 st.st_gid == 5678 && st.st_size == BIG + 3,
+	WL_CHECK(fstat(md, &st) == 0 && (st.st_mode & 07777) == 0640 && st.st_uid == own_uid &&
+			 st.st_gid == own_gid && st.st_size == BIG + 3,
 		 "memfd data: mode %o owner %d:%d size %lld", st.st_mode & 07777, st.st_uid, st.st_gid,
 		 (long long)st.st_size);
 	WL_CHECK(st.st_blocks < 512, "memfd data: %lld blocks, the hole was filled", (long long)st.st_blocks);

@@ -37,8 +37,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < n; i++)
 		at_ready[i] = counters[i];
 	wl_ready();
-	while (!wl_term)
-		pause();
+	wl_wait_term();
 	int stuck;
 	for (;;) {
 		stuck = 0;

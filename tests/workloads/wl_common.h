@@ -120,6 +120,22 @@ static __attribute__((unused)) void wl_on_term(int sig)
 	wl_term = 1;
 }
 
+/*
+ * Sleeps until SIGTERM. Not `while (!wl_term) pause();`: that loop can miss
+ * its wake-up (natively too) when the signal comes while the task is being
+ * resumed from a stop (SIGCONT, a ptrace detach, a restore). The kernel
+ * rewinds the interrupted pause() for restart before it looks at signals a
+ * last time; one that arrived in between runs its handler and then the
+ * pause() again, for good. A short sleep ends anyway and sees the flag.
+ */
+static __attribute__((unused)) void wl_wait_term(void)
+{
+	while (!wl_term) {
+		struct timespec ts = { 0, 50 * 1000 * 1000 };
+		nanosleep(&ts, NULL);
+	}
+}
+
 static __attribute__((unused)) const char *wl_path(const char *name)
 {
 	static char buf[4][4096];

@@ -2,9 +2,11 @@
  * zombies: children that ended every way, left unreaped: exit status 7,
  * killed by SIGKILL, killed by SIGTERM, killed by SIGSEGV with a core
  * dump (it sets RLIMIT_CORE and moves to <workdir>/cores first), and one
- * that left for its own process group before exiting 9.
+ * that left for its own process group and (when run as root) for uid
+ * 4321 before exiting 9.
  * At SIGTERM the parent checks each from /proc (a zombie, its process
- * group), then reaps it with waitpid: the same status, WCOREDUMP included.
+ * group), its real uid as waitid reports it, then reaps it with waitpid:
+ * the same status, WCOREDUMP included.
  * Their roles in <workdir>/pids are zombie-<how>.
  * Sabotage: the SIGTERM child is reaped early.
  */
@@ -16,12 +18,13 @@ struct z {
 	pid_t pid;
 	int status; /* the wait status it left */
 	int own_group;
+	int other_user; /* 4321 when the workload runs as root */
 };
 
 static struct z zs[] = {
 	{ "zombie-exit7", 0, 7 << 8, 0 },	 { "zombie-sigkill", 0, SIGKILL, 0 },
 	{ "zombie-sigterm", 0, SIGTERM, 0 },	 { "zombie-segv", 0, SIGSEGV | 0x80, 0 },
-	{ "zombie-group", 0, 9 << 8, 1 },
+	{ "zombie-group", 0, 9 << 8, 1, 1 },
 };
 #define NZ ((int)(sizeof(zs) / sizeof(zs[0])))
 
@@ -29,6 +32,8 @@ static void die_as(const struct z *z)
 {
 	if (z->own_group)
 		setpgid(0, 0);
+	if (z->other_user && getuid() == 0 && setresuid(4321, 4321, 4321) != 0)
+		_exit(97);
 	if ((z->status & 0x7f) == 0)
 		_exit(z->status >> 8);
 	if (z->status & 0x80) {
@@ -94,6 +99,11 @@ int main(int argc, char **argv)
 		int want_pgrp = zs[i].own_group ? zs[i].pid : getpgrp();
 		WL_CHECK(state == 'Z', "zombie %s: state %c", zs[i].name, state);
 		WL_CHECK(pgrp == want_pgrp, "zombie %s: process group %d, want %d", zs[i].name, pgrp, want_pgrp);
+		siginfo_t si;
+		memset(&si, 0, sizeof(si));
+		uid_t want_uid = zs[i].other_user && getuid() == 0 ? 4321 : getuid();
+		WL_CHECK(waitid(P_PID, (id_t)zs[i].pid, &si, WEXITED | WNOWAIT) == 0 && si.si_uid == want_uid,
+			 "zombie %s: waitid gives uid %d, want %d", zs[i].name, (int)si.si_uid, (int)want_uid);
 		int st = 0;
 		pid_t r = waitpid(zs[i].pid, &st, WNOHANG);
 		WL_CHECK(r == zs[i].pid && st == zs[i].status, "zombie %s: waitpid %d status %#x, want %#x",

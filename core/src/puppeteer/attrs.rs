@@ -109,12 +109,11 @@ impl Builder {
     /// signal stack, rseq registration.
     pub(super) fn set_thread_state(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
         let scratch = self.scratch + S_ARG;
-        let is_root = self.is_root;
         task_state::write_prctls(&mut self.p, task)?;
         let threads = std::iter::once(&mut self.p).chain(self.threads.iter_mut());
         for (p, img) in threads.zip(&task.threads) {
             thread_state(p, img, scratch)?;
-            task_state::write_thread_prctls(p, img, is_root)?;
+            task_state::write_thread_prctls(p, img)?;
         }
         Ok(())
     }
@@ -130,8 +129,25 @@ impl Builder {
     }
 
     /// chroot; no_new_privs, then each thread's credentials (`creds.rs`) —
-    /// last, as they may drop the privileges crt needs.
+    /// last, as they may drop the privileges crt needs — and what changing
+    /// them resets (dumpable, parent-death signals).
     pub(super) fn set_creds(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
+        self.set_ids(task)?;
+        let dumpable = task_state::write_after_creds(&mut self.p, &mut self.threads, task, self.is_root)?;
+        if dumpable != task.dumpable {
+            return Err(RestoreError::step(
+                self.pid,
+                "restoring its dumpable flag",
+                std::io::Error::other(format!(
+                    "dumped {}, now {dumpable}: only 0 and 1 can be set (2 follows fs.suid_dumpable)",
+                    task.dumpable
+                )),
+            ));
+        }
+        Ok(())
+    }
+
+    fn set_ids(&mut self, task: &pb::Task) -> Result<(), RestoreError> {
         if !task.root.is_empty() && task.root != "/" {
             let mut root = task.root.clone().into_bytes();
             root.push(0);

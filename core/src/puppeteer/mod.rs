@@ -497,6 +497,8 @@ impl Builder {
         regs.orig_rax = u64::MAX;
         let mut core_dir = None;
         if status & 0x7f == 0 {
+            // Its parent sees its real uid in the SIGCHLD and in waitid.
+            self.set_zombie_creds(&mut child, task)?;
             regs.rax = libc::SYS_exit_group as u64;
             regs.rdi = ((status >> 8) & 0xff) as u64;
         } else {
@@ -509,12 +511,15 @@ impl Builder {
                 child.call("rt_sigaction", libc::SYS_rt_sigaction, [sig, at, 0, 8, 0, 0])?;
             }
             let core = status & 0x80 != 0;
-            if core {
-                core_dir = Some(self.prepare_core_dump(&mut child, pid)?);
-            }
+            // From outside: before the credentials change (prlimit on
+            // another user's process needs CAP_SYS_RESOURCE).
             let limit = if core { libc::RLIM_INFINITY } else { 0 };
             let rl = [pb::Rlimit { resource: libc::RLIMIT_CORE, cur: limit, max: limit }];
             task_state::write_rlimits(pid, &rl).map_err(step(pid, "zombie: RLIMIT_CORE"))?;
+            self.set_zombie_creds(&mut child, task)?;
+            if core {
+                core_dir = Some(self.prepare_core_dump(&mut child, pid, task.creds.as_ref())?);
+            }
             regs.rax = libc::SYS_kill as u64;
             regs.rdi = pid as u64;
             regs.rsi = sig;
@@ -546,7 +551,22 @@ impl Builder {
     /// directory (removed afterwards), so its status says "core dumped"
     /// as before: it moves there and gives up all its memory but the
     /// vdso, whose `syscall` instruction is all it still runs.
-    fn prepare_core_dump(&mut self, child: &mut Puppet, pid: i32) -> Result<std::path::PathBuf, RestoreError> {
+    /// The would-be zombie's credentials, before it exits. Changing them
+    /// clears the dumpable flag (`commit_creds`), which a core dump needs:
+    /// set again.
+    fn set_zombie_creds(&mut self, child: &mut Puppet, task: &pb::Task) -> Result<(), RestoreError> {
+        let Some(c) = &task.creds else { return Ok(()) };
+        creds::set(child, c, self.scratch + S_ARG)?;
+        child.call("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, [libc::PR_SET_DUMPABLE as u64, 1, 0, 0, 0, 0])?;
+        Ok(())
+    }
+
+    fn prepare_core_dump(
+        &mut self,
+        child: &mut Puppet,
+        pid: i32,
+        creds: Option<&pb::Creds>,
+    ) -> Result<std::path::PathBuf, RestoreError> {
         let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
         if pattern.starts_with('|') {
             return Err(other(
@@ -557,6 +577,11 @@ impl Builder {
         }
         let dir = std::env::temp_dir().join(format!("crt-core-{pid}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(step(pid, "zombie: a directory for its core"))?;
+        // Writable by the zombie-to-be, whatever its user.
+        if let Some(c) = creds {
+            std::os::unix::fs::chown(&dir, c.uids.get(3).copied(), c.gids.get(3).copied())
+                .map_err(step(pid, "zombie: a directory for its core"))?;
+        }
         let mut path = dir.to_string_lossy().into_owned().into_bytes();
         path.push(0);
         let at = self.scratch + S_ARG;
