@@ -147,7 +147,7 @@ pub fn write_after_creds(
     if now != task.dumpable && (task.dumpable == 0 || task.dumpable == 1) {
         let d = task.dumpable as u64;
         p.call("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, [libc::PR_SET_DUMPABLE as u64, d, 0, 0, 0, 0])?;
-        now = get(p)? as i32;
+        now = task.dumpable;
     }
     // Roots: their parent is now crt, whose death is no event of theirs.
     if !is_root {

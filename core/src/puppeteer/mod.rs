@@ -547,20 +547,18 @@ impl Builder {
         Ok(procfs::stat(self.pid)?.pgrp)
     }
 
+    /// The would-be zombie's credentials, before it exits.
+    fn set_zombie_creds(&mut self, child: &mut Puppet, task: &pb::Task) -> Result<(), RestoreError> {
+        let Some(c) = &task.creds else { return Ok(()) };
+        creds::set(child, c, self.scratch + S_ARG)
+    }
+
     /// Makes the would-be zombie `child` dump a small core into a fresh
     /// directory (removed afterwards), so its status says "core dumped"
     /// as before: it moves there and gives up all its memory but the
-    /// vdso, whose `syscall` instruction is all it still runs.
-    /// The would-be zombie's credentials, before it exits. Changing them
-    /// clears the dumpable flag (`commit_creds`), which a core dump needs:
-    /// set again.
-    fn set_zombie_creds(&mut self, child: &mut Puppet, task: &pb::Task) -> Result<(), RestoreError> {
-        let Some(c) = &task.creds else { return Ok(()) };
-        creds::set(child, c, self.scratch + S_ARG)?;
-        child.call("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, [libc::PR_SET_DUMPABLE as u64, 1, 0, 0, 0, 0])?;
-        Ok(())
-    }
-
+    /// vdso, whose `syscall` instruction is all it still runs. Comes after
+    /// its credentials, which may have cleared the dumpable flag a core
+    /// dump needs (`commit_creds`): set again here.
     fn prepare_core_dump(
         &mut self,
         child: &mut Puppet,
@@ -582,6 +580,7 @@ impl Builder {
             std::os::unix::fs::chown(&dir, c.uids.get(3).copied(), c.gids.get(3).copied())
                 .map_err(step(pid, "zombie: a directory for its core"))?;
         }
+        child.call("prctl(PR_SET_DUMPABLE)", libc::SYS_prctl, [libc::PR_SET_DUMPABLE as u64, 1, 0, 0, 0, 0])?;
         let mut path = dir.to_string_lossy().into_owned().into_bytes();
         path.push(0);
         let at = self.scratch + S_ARG;
