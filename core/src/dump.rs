@@ -13,7 +13,7 @@ use tracing::{debug, info, info_span};
 use crate::collect::{self, PagePlan, Session};
 use crate::cow;
 use crate::forest::{Forest, ForestError, Frozen};
-use crate::handlers::Registry;
+use crate::handlers::{sysvshm, Registry};
 use crate::images::{self, pb, ImageDir, ImageError, Kind};
 use crate::mem::{self, MemError, Run};
 use crate::procfs::{self, ProcError};
@@ -110,6 +110,9 @@ pub enum DumpError {
     /// A pipe or socket is also held outside the forest.
     #[error("pid {} fd {}: {} is also held by pid {} ({}) fd {}, which is not dumped; add --tree {} to dump both ends, or close it", .0.pid, .0.fd, .0.link, .0.other_pid, .0.other_comm, .0.other_fd, .0.other_pid)]
     SharedOutside(sharing::OutsideHolder),
+    /// A SysV shared memory segment is also attached outside the forest.
+    #[error("pid {} memory at {:#x}: SysV shared memory segment {} is also attached {} time(s) outside the dumped forest{}; dump those processes too (add --tree PID), or detach them", .0.pid, .0.addr, .0.id, .0.outside, .0.other.as_ref().map(|(p, c)| format!(" (by pid {p}, {c})")).unwrap_or_default())]
+    ShmOutside(sharing::OutsideAttach),
     /// Reading /proc failed.
     #[error(transparent)]
     Proc(#[from] ProcError),
@@ -297,8 +300,9 @@ fn collect_and_write(
     // Locks of shared descriptions go back to the process that took them.
     crate::fdstate::assign_lock_takers(&mut collected.iter_mut().map(|(t, _)| t).collect::<Vec<_>>());
 
-    // 4. Identify sharing with the outside: a pipe or socket held by a
-    // process that is not dumped cannot be restored connected.
+    // 4. Identify sharing with the outside: a pipe, socket or SysV shared
+    // memory segment also held by a process that is not dumped cannot be
+    // restored connected.
     let fifo_paths: std::collections::HashSet<String> = collected
         .iter()
         .flat_map(|(t, _)| {
@@ -313,6 +317,14 @@ fn collect_and_write(
     let pids: Vec<i32> = forest.procs.iter().map(|p| p.pid).collect();
     if let Some(o) = sharing::find_outside_holders(&objects, &pids) {
         return Err(DumpError::SharedOutside(o));
+    }
+    // The same for SysV shared memory: one attach is one memory area.
+    let attaches: Vec<(i32, u64, i32)> = collected
+        .iter()
+        .flat_map(|(t, _)| t.vmas.iter().filter(|v| v.handler == sysvshm::NAME).map(|v| (t.pid, v.start, v.ino as i32)))
+        .collect();
+    if let Some(o) = sharing::sysv_shm_outside(&attaches, &pids) {
+        return Err(DumpError::ShmOutside(o));
     }
     stats.collect += t.elapsed().as_secs_f64();
     // Page copying wants both CPUs.

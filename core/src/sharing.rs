@@ -117,3 +117,55 @@ pub fn find_outside_holders(objects: &[(i32, i32, String)], forest: &[i32]) -> O
     }
     None
 }
+
+/// A SysV shared memory segment attached in the forest and outside it too.
+#[derive(Debug, Clone)]
+pub struct OutsideAttach {
+    /// Forest side.
+    pub pid: i32,
+    /// Its attach address.
+    pub addr: u64,
+    /// The segment's id.
+    pub id: i32,
+    /// How many attaches outside the forest.
+    pub outside: u64,
+    /// One outside attacher and its command name, when found.
+    pub other: Option<(i32, String)>,
+}
+
+/// Compares the forest's attaches (`pid`, address, shm id) of each SysV
+/// segment with the segment's `shm_nattch`: every attach is one memory
+/// area, so more attaches than the forest's areas are outside it.
+pub fn sysv_shm_outside(attaches: &[(i32, u64, i32)], forest: &[i32]) -> Option<OutsideAttach> {
+    let mut ours: HashMap<i32, (u64, i32, u64)> = HashMap::new();
+    for &(pid, addr, id) in attaches {
+        ours.entry(id).or_insert((0, pid, addr)).0 += 1;
+    }
+    for (id, (n, pid, addr)) in ours {
+        let Ok(ds) = crate::handlers::sysvshm::stat(id) else { continue };
+        let nattch = ds.shm_nattch;
+        if nattch > n {
+            let other = find_outside_attacher(id, forest);
+            return Some(OutsideAttach { pid, addr, id, outside: nattch - n, other });
+        }
+    }
+    None
+}
+
+/// A process outside the forest with an attach of SysV segment `id`.
+fn find_outside_attacher(id: i32, forest: &[i32]) -> Option<(i32, String)> {
+    let me = std::process::id() as i32;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me || forest.contains(&pid) {
+            continue;
+        }
+        let Ok(maps) = procfs::maps(pid) else { continue };
+        if maps.iter().any(|m| m.ino == id as u64 && crate::handlers::sysvshm::is_sysv(&m.name)) {
+            return Some((pid, procfs::stat(pid).map(|s| s.comm).unwrap_or_default()));
+        }
+    }
+    None
+}

@@ -68,6 +68,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "thread_timers",
     "forker",
     "pidfds",
+    "sysv_shm",
 ];
 
 /// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed

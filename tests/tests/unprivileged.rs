@@ -72,6 +72,7 @@ as_user! {
     shared_mem_as_user: "shared_mem", "Shared anonymous memory between parent and child.";
     cow_fork_as_user: "cow_fork", "Copy-on-write sharing since fork.";
     memstate_as_user: "memstate", "madvise, mlock and guard regions.";
+    sysv_shm_as_user: "sysv_shm", "SysV shared memory segments the user created and locked.";
     tree_pipes_as_user: "tree_pipes", "A tree of processes joined by pipes.";
     threads4_as_user: "threads4", "Threads.";
     thread_timers_as_user: "thread_timers", "POSIX timers that notify a thread.";

@@ -739,3 +739,13 @@ fn prctl_state_detects_a_lost_subreaper() {
 fn unix_unlinked_detects_a_visible_path() {
     sabotaged("unix_unlinked", "exists again");
 }
+
+#[test]
+fn sysv_shm_passes() {
+    selfcheck("sysv_shm");
+}
+
+#[test]
+fn sysv_shm_detects_an_unshared_segment() {
+    sabotaged("sysv_shm", "segment A: the child did not answer");
+}

@@ -34,6 +34,7 @@ impl Handler for FileMemory {
         vma.ino != 0
             && path.starts_with('/')
             && path != "/dev/zero (deleted)"
+            && !super::sysvshm::is_sysv(path)
             && (is_deleted(path) || std::fs::metadata(path).is_ok_and(|m| m.is_file()))
     }
 
@@ -55,9 +56,6 @@ fn dump(vma: &VmaDesc) -> Result<VmaDump, String> {
             "AIO context (ring at {:#x}): install the crt-plugin-aio plugin (libcrt_plugin_aio.so in /usr/lib/crt or a --plugin-dir)",
             vma.start
         ));
-    }
-    if path.starts_with("/SYSV") {
-        return Err(format!("SysV shared memory at {:#x}-{:#x}: crt cannot restore it yet", vma.start, vma.end));
     }
     // The mapping's file was opened for writing too when its map_files
     // link is writable (the link's mode mirrors the file's f_mode).

@@ -29,6 +29,7 @@ mod pipe;
 mod regfile;
 mod shmem;
 mod signalfd;
+pub mod sysvshm;
 mod timerfd;
 mod tty;
 mod unix;
