@@ -20,6 +20,7 @@ use crate::procfs::{self, ProcError};
 use crate::ptrace::PtraceError;
 use crate::puppet::{self, PuppetError};
 use crate::sharing::{self, FileIds};
+use crate::sysvipc;
 
 /// What to dump.
 #[derive(Debug, Clone)]
@@ -113,6 +114,9 @@ pub enum DumpError {
     /// A SysV shared memory segment is also attached outside the forest.
     #[error("pid {} memory at {:#x}: SysV shared memory segment {} is also attached {} time(s) outside the dumped forest{}; dump those processes too (add --tree PID), or detach them", .0.pid, .0.addr, .0.id, .0.outside, .0.other.as_ref().map(|(p, c)| format!(" (by pid {p}, {c})")).unwrap_or_default())]
     ShmOutside(sharing::OutsideAttach),
+    /// SysV message queues and semaphores.
+    #[error(transparent)]
+    Ipc(#[from] crate::sysvipc::IpcError),
     /// Reading /proc failed.
     #[error(transparent)]
     Proc(#[from] ProcError),
@@ -326,6 +330,11 @@ fn collect_and_write(
     if let Some(o) = sharing::sysv_shm_outside(&attaches, &pids) {
         return Err(DumpError::ShmOutside(o));
     }
+    // SysV message queues and semaphore sets the forest uses.
+    let live = forest.procs.iter().filter(|p| !p.zombie);
+    let tids: Vec<(i32, i32)> = live.flat_map(|p| p.threads.iter().map(move |&t| (p.pid, t))).collect();
+    sysvipc::check_no_undo(&tids)?;
+    let ipc = sysvipc::dump(&pids)?;
     stats.collect += t.elapsed().as_secs_f64();
     // Page copying wants both CPUs.
     drop(pin);
@@ -364,6 +373,9 @@ fn collect_and_write(
         .unwrap_or_default();
     if !stored.is_empty() {
         out.write(&out.dir.blobs_path(), Kind::Blobs, &pb::Blobs { blobs: stored })?;
+    }
+    if !ipc.queues.is_empty() || !ipc.sets.is_empty() {
+        out.write(&out.dir.ipc_path(), Kind::Ipc, &ipc)?;
     }
     crate::fault::check("dump-after-pages")?;
     // The inventory goes last: its presence marks a complete image.

@@ -49,6 +49,8 @@ pub enum Kind {
     Pages = 4,
     /// `blobs.img` (plugin data by key)
     Blobs = 5,
+    /// `ipc.img` (SysV message queues and semaphore sets)
+    Ipc = 6,
 }
 
 impl Kind {
@@ -59,6 +61,7 @@ impl Kind {
             3 => Self::PageMap,
             4 => Self::Pages,
             5 => Self::Blobs,
+            6 => Self::Ipc,
             _ => return None,
         })
     }
@@ -214,6 +217,20 @@ impl ImageDir {
     /// Path of `blobs.img`.
     pub fn blobs_path(&self) -> PathBuf {
         self.dir.join("blobs.img")
+    }
+
+    /// Path of `ipc.img`.
+    pub fn ipc_path(&self) -> PathBuf {
+        self.dir.join("ipc.img")
+    }
+
+    /// The SysV message queues and semaphore sets, if the image has any.
+    pub fn read_ipc(&self) -> Result<pb::SysvIpc, ImageError> {
+        let path = self.ipc_path();
+        if !path.exists() {
+            return Ok(pb::SysvIpc::default());
+        }
+        self.read_msg(&path, Kind::Ipc)
     }
 
     /// Plugin blobs, if the image has any.

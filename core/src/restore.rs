@@ -55,6 +55,9 @@ pub enum RestoreError {
     /// An image is unreadable or inconsistent.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// A SysV message queue or semaphore set cannot be restored.
+    #[error(transparent)]
+    Ipc(#[from] crate::sysvipc::IpcError),
     /// The images cannot be restored on this machine.
     #[error("{0}")]
     Incompatible(String),
@@ -176,6 +179,16 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
     // Puppeteer and the tasks it builds share one CPU until release.
     let pin = crate::affinity::Pin::current_cpu();
 
+    // 2. SysV message queues and semaphore sets, before any task runs.
+    let mut ipc = crate::sysvipc::Restored::default();
+    if let Err(e) =
+        dir.read_ipc().map_err(RestoreError::from).and_then(|img| Ok(crate::sysvipc::restore(&img, &mut ipc)?))
+    {
+        ipc.undo();
+        finish(false);
+        return Err(e);
+    }
+
     // 2-4. Create, rebuild; kill everything created on failure.
     let mut created = Created::default();
     let blobs = crate::puppet::Blobs::default();
@@ -186,6 +199,7 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
         Ok(b) => b,
         Err(e) => {
             created.kill_all();
+            ipc.undo();
             finish(false);
             return Err(e);
         }
@@ -202,6 +216,7 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
         for (b, task) in builders.iter().rev() {
             if let Err(e) = b.resume(task) {
                 created.kill_all();
+                ipc.undo();
                 finish(false);
                 return Err(e);
             }
@@ -352,6 +367,7 @@ fn validate(dir: &ImageDir, registry: &Registry) -> Result<(pb::Inventory, Vec<L
         tasks.push(Loaded { task, pagemap, pages });
     }
     dir.read_blobs()?;
+    dir.read_ipc()?;
     Ok((inv, tasks))
 }
 

@@ -69,6 +69,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "forker",
     "pidfds",
     "sysv_shm",
+    "sysv_ipc",
 ];
 
 /// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed

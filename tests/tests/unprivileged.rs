@@ -73,6 +73,7 @@ as_user! {
     cow_fork_as_user: "cow_fork", "Copy-on-write sharing since fork.";
     memstate_as_user: "memstate", "madvise, mlock and guard regions.";
     sysv_shm_as_user: "sysv_shm", "SysV shared memory segments the user created and locked.";
+    sysv_ipc_as_user: "sysv_ipc", "SysV message queues and semaphores the user created.";
     tree_pipes_as_user: "tree_pipes", "A tree of processes joined by pipes.";
     threads4_as_user: "threads4", "Threads.";
     thread_timers_as_user: "thread_timers", "POSIX timers that notify a thread.";

@@ -749,3 +749,13 @@ fn sysv_shm_passes() {
 fn sysv_shm_detects_an_unshared_segment() {
     sabotaged("sysv_shm", "segment A: the child did not answer");
 }
+
+#[test]
+fn sysv_ipc_passes() {
+    selfcheck("sysv_ipc");
+}
+
+#[test]
+fn sysv_ipc_detects_a_lost_message() {
+    sabotaged("sysv_ipc", "Q1: 2 messages, want 3");
+}

@@ -10,7 +10,7 @@
 //! (holes kept). Restore reuses a segment that is still there with the
 //! same id, key, size, mode and owners and no attaches, or else creates it
 //! with its id (`/proc/sys/kernel/shm_next_id`) as its creator (`cuid`,
-//! `cgid`); either way it writes the dumped bytes back, then each task
+//! `cgid`: `sysvipc::create_as`); either way it writes the dumped bytes back, then each task
 //! attaches it at its address itself (`shmat` inside the task), so
 //! `shm_nattch`, `shmdt` and `SHM_RDONLY` behave as before. A segment
 //! removed while attached (`SHM_DEST`) is removed again once the restore
@@ -35,8 +35,6 @@ const SHM_DEST: u32 = 0o1000;
 const SHM_LOCKED: u32 = 0o2000;
 /// Largest segment whose bytes crt copies into an image.
 const MAX_COPY: u64 = 1 << 30;
-/// Where the kernel takes the id of the next segment from (once).
-const NEXT_ID: &str = "/proc/sys/kernel/shm_next_id";
 
 /// SysV shared memory attaches.
 #[derive(Default)]
@@ -213,47 +211,17 @@ fn check_reusable(rec: &pb::SysvShm, ds: &libc::shmid_ds) -> Result<(), String> 
 
 /// Creates segment `rec` with its id, as its creator.
 fn create(rec: &pb::SysvShm) -> Result<(), String> {
-    let id = rec.id;
-    std::fs::write(NEXT_ID, id.to_string()).map_err(|e| format!("segment {id}: writing {NEXT_ID}: {e}"))?;
-    let (key, size, mode, cuid, cgid) = (rec.key, rec.size as usize, (rec.mode & 0o777) as i32, rec.cuid, rec.cgid);
-    // The creator's ids are the caller's effective ids: a thread of crt
-    // takes them for the call (raw syscalls change this thread only).
-    let got = std::thread::spawn(move || -> Result<i32, std::io::Error> {
-        let keep = libc::uid_t::MAX; // -1: unchanged
-                                     // SAFETY: setresgid/setresuid with integer arguments, on this thread only.
-        let r = unsafe { libc::syscall(libc::SYS_setresgid, keep, cgid, keep) };
-        // SAFETY: as above.
-        if r != 0 || unsafe { libc::syscall(libc::SYS_setresuid, keep, cuid, keep) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    let (id, key, size, mode) = (rec.id, rec.key, rec.size as usize, (rec.mode & 0o777) as i32);
+    crate::sysvipc::create_as("shm", id, rec.cuid, rec.cgid, || {
         // SAFETY: shmget with integer arguments.
-        let got = unsafe { libc::shmget(key, size, libc::IPC_CREAT | libc::IPC_EXCL | mode) };
-        if got < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(got)
+        unsafe { libc::shmget(key, size, libc::IPC_CREAT | libc::IPC_EXCL | mode) }
     })
-    .join()
-    .map_err(|_| format!("segment {id}: the creating thread panicked"))?;
-    // The kernel takes shm_next_id once; put it back if shmget failed.
-    let _ = std::fs::write(NEXT_ID, "-1");
-    match got {
-        Ok(got) if got == id => Ok(()),
-        Ok(got) => {
-            remove(got);
-            Err(format!(
-                "segment {id}: the kernel gave id {got} instead (another segment was created at the same time?)"
-            ))
-        }
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-            // SAFETY: shmget with integer arguments, looking the key up.
-            let other = unsafe { libc::shmget(key, 0, 0) };
-            Err(format!(
-                "segment {id}: key {key:#x} belongs to another segment (id {other}); remove it (ipcrm -m {other}) to restore the dumped one"
-            ))
-        }
-        Err(e) => Err(format!("creating segment {id} (key {key:#x}, {size} bytes) as uid {cuid} gid {cgid}: {e}")),
-    }
+    .map_err(|e| {
+        // SAFETY: shmget with integer arguments, looking the key up.
+        let other = if key != libc::IPC_PRIVATE { unsafe { libc::shmget(key, 0, 0) } } else { -1 };
+        let hint = if other >= 0 { format!(" (id {other}: ipcrm -m {other})") } else { String::new() };
+        format!("segment {id} (key {key:#x}, {size} bytes): {e}{hint}")
+    })
 }
 
 /// Writes the dumped bytes into segment `rec.id`, holes as holes.
