@@ -282,6 +282,9 @@ pub fn collect_task(
     if !is_root {
         (task.files_shared_with_parent, task.fs_shared_with_parent) = sharing::shares_with_parent(pid, p.ppid);
     }
+    for t in task.threads.iter_mut().skip(1) {
+        t.cgroups = crate::cgroups::read_thread(pid, t.tid, &task.cgroups);
+    }
 
     let mut plans = Vec::new();
     for m in &maps {
@@ -449,6 +452,7 @@ fn collect_thread(p: &mut Puppet, scratch: u64) -> Result<pb::Thread, DumpError>
         robust_list_len,
         seccomp,
         creds: Some(pb::Creds { securebits: crate::puppeteer::securebits(p)?, ..task_state::read_creds(tid)? }),
+        cgroups: Vec::new(), // filled once the process's are known
     })
 }
 

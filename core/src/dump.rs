@@ -333,8 +333,10 @@ fn collect_and_write(
     // SysV message queues and semaphore sets the forest uses.
     let live = forest.procs.iter().filter(|p| !p.zombie);
     let tids: Vec<(i32, i32)> = live.flat_map(|p| p.threads.iter().map(move |&t| (p.pid, t))).collect();
-    sysvipc::check_no_undo(&tids)?;
     let ipc = sysvipc::dump(&pids)?;
+    if !ipc.sets.is_empty() {
+        sysvipc::check_no_undo(&tids)?;
+    }
     stats.collect += t.elapsed().as_secs_f64();
     // Page copying wants both CPUs.
     drop(pin);
@@ -380,6 +382,8 @@ fn collect_and_write(
     crate::fault::check("dump-after-pages")?;
     // The inventory goes last: its presence marks a complete image.
     let t = Instant::now();
+    let cgroup_dirs =
+        crate::cgroups::describe(&collected).map_err(|(pid, what)| DumpError::Unsupported { pid, what })?;
     let inventory = pb::Inventory {
         format_version: images::FORMAT_VERSION,
         crt_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -392,6 +396,7 @@ fn collect_and_write(
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0),
         vdso_build_id: vdso_id,
+        cgroup_dirs,
     };
     out.write(&out.dir.inventory_path(), Kind::Inventory, &inventory)?;
     stats.write += t.elapsed().as_secs_f64();

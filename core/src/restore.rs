@@ -189,6 +189,15 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
         return Err(e);
     }
 
+    // Cgroups that are gone, made again with their settings.
+    let mut cgroups = crate::cgroups::Made::default();
+    if let Err(e) = crate::cgroups::recreate(&inventory.cgroup_dirs, &mut cgroups) {
+        cgroups.undo();
+        ipc.undo();
+        finish(false);
+        return Err(RestoreError::Incompatible(e));
+    }
+
     // 2-4. Create, rebuild; kill everything created on failure.
     let mut created = Created::default();
     let blobs = crate::puppet::Blobs::default();
@@ -199,6 +208,7 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
         Ok(b) => b,
         Err(e) => {
             created.kill_all();
+            cgroups.undo();
             ipc.undo();
             finish(false);
             return Err(e);
@@ -216,6 +226,7 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
         for (b, task) in builders.iter().rev() {
             if let Err(e) = b.resume(task) {
                 created.kill_all();
+                cgroups.undo();
                 ipc.undo();
                 finish(false);
                 return Err(e);

@@ -13,7 +13,10 @@
 //! (`/proc/sys/kernel/msg_next_id`, `sem_next_id`) as its creator.
 //!
 //! Semaphore undo adjustments (`semop` with `SEM_UNDO`) live in the
-//! process but cannot be read: a process with an undo list is refused.
+//! process but cannot be read: when the forest uses semaphore sets, a
+//! thread with an undo list is refused. (Only then: `clone` with
+//! `CLONE_SYSVSEM`, as every pthread is made, gives the process an empty
+//! undo list, which cannot be told from one with adjustments.)
 
 use std::collections::HashSet;
 
@@ -64,8 +67,9 @@ fn last_err<T>(r: T, bad: bool, what: impl Into<String>) -> Result<T, IpcError> 
     Ok(r)
 }
 
-/// Refuses threads with semaphore undo adjustments: their undo list is not
-/// crt's (which never used `semop`), compared with `kcmp(KCMP_SYSVSEM)`.
+/// Refuses threads with a semaphore undo list (which may hold adjustments):
+/// their list is not crt's, which has none (crt never uses `semop` nor
+/// `CLONE_SYSVSEM`), compared with `kcmp(KCMP_SYSVSEM)`.
 pub fn check_no_undo(tids: &[(i32, i32)]) -> Result<(), IpcError> {
     let me = std::process::id() as i32;
     for &(pid, tid) in tids {

@@ -70,6 +70,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "pidfds",
     "sysv_shm",
     "sysv_ipc",
+    "cgroup_nest",
 ];
 
 /// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed

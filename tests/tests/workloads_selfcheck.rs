@@ -759,3 +759,13 @@ fn sysv_ipc_passes() {
 fn sysv_ipc_detects_a_lost_message() {
     sabotaged("sysv_ipc", "Q1: 2 messages, want 3");
 }
+
+#[test]
+fn cgroup_nest_passes() {
+    selfcheck("cgroup_nest");
+}
+
+#[test]
+fn cgroup_nest_detects_a_changed_setting() {
+    sabotaged("cgroup_nest", "pids.max is 78, want 77");
+}

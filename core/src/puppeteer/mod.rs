@@ -619,6 +619,8 @@ impl Builder {
                 ..Default::default()
             };
             self.clone3("clone3(thread)", t.tid, args)?;
+            crate::cgroups::join_thread(t.tid, &t.cgroups)
+                .map_err(|e| RestoreError::step(t.tid, "joining its cgroups", std::io::Error::other(e)))?;
             let regs = ptrace::get_regs(t.tid)?;
             let mut puppet = Puppet::new(t.tid, regs, self.p.gadget());
             if let Some(b) = &self.blobs {
