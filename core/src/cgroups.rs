@@ -212,6 +212,9 @@ fn write_knob(dir: &str, k: &pb::CgroupKnob) -> Result<(), String> {
 
 /// Moves thread `tid` into its own cgroups (`tasks` in v1, `cgroup.threads` in v2).
 pub fn join_thread(tid: i32, wanted: &[pb::Cgroup]) -> Result<(), String> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
     let mounts = mounts();
     for w in wanted {
         let Some(mount) = mounts.get(&w.controllers) else {

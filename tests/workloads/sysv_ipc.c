@@ -54,12 +54,7 @@ int main(int argc, char **argv)
 	int s = semget(key_s, 3, IPC_CREAT | IPC_EXCL | 0660);
 	if (q1 < 0 || q2 < 0 || s < 0)
 		wl_die("msgget/semget");
-	char ids[64];
-	int n = snprintf(ids, sizeof(ids), "%d %d %d\n", q1, q2, s);
-	int fd = open(wl_path("sysv_ids"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0 || write(fd, ids, (size_t)n) != n)
-		wl_die("writing sysv_ids");
-	close(fd);
+	wl_write_ids("sysv_ids", q1, q2, s);
 
 	static char big[BIG];
 	for (int i = 0; i < BIG; i++)

@@ -174,12 +174,7 @@ int main(int argc, char **argv)
 	id_d = shmget(IPC_PRIVATE, PAGE, IPC_CREAT | 0600);
 	if (id_a < 0 || id_b < 0 || id_c < 0 || id_d < 0)
 		wl_die("shmget");
-	char ids[64];
-	int n = snprintf(ids, sizeof(ids), "%d %d %d\n", id_a, id_b, id_c);
-	int fd = open(wl_path("sysv_ids"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0 || write(fd, ids, (size_t)n) != n)
-		wl_die("writing sysv_ids");
-	close(fd);
+	wl_write_ids("sysv_ids", id_a, id_b, id_c);
 	if (shmctl(id_a, SHM_LOCK, NULL) != 0)
 		wl_die("SHM_LOCK");
 	at_a = attach(id_a, 0, "A");
