@@ -112,6 +112,7 @@ pub fn describe<P>(tasks: &[(pb::Task, P)]) -> Result<Vec<pb::CgroupDir>, (i32, 
             }
         }
     }
+    // In map order: a directory sorts before those below it (its path is their prefix).
     let mut out: Vec<pb::CgroupDir> = Vec::new();
     for ((controllers, path), pid) in dirs {
         let Some(mount) = mounts.get(&controllers) else { continue };
@@ -133,8 +134,6 @@ pub fn describe<P>(tasks: &[(pb::Task, P)]) -> Result<Vec<pb::CgroupDir>, (i32, 
             knobs,
         });
     }
-    // Parents first: a path sorts after its prefix; keep that per hierarchy.
-    out.sort_by(|a, b| (a.path.matches('/').count(), &a.path).cmp(&(b.path.matches('/').count(), &b.path)));
     Ok(out)
 }
 
@@ -163,7 +162,11 @@ pub fn recreate(dirs: &[pb::CgroupDir], made: &mut Made) -> Result<(), String> {
     let mounts = mounts();
     for d in dirs {
         let Some(mount) = mounts.get(&d.controllers) else {
-            return Err(format!("cgroup hierarchy {:?} (path {}) is not mounted here", hierarchy(d), d.path));
+            return Err(format!(
+                "cgroup hierarchy {:?} (path {}) is not mounted here",
+                hierarchy(&d.controllers),
+                d.path
+            ));
         };
         let dir = format!("{mount}{}", d.path);
         if std::path::Path::new(&dir).exists() {
@@ -182,11 +185,20 @@ pub fn recreate(dirs: &[pb::CgroupDir], made: &mut Made) -> Result<(), String> {
     Ok(())
 }
 
-fn hierarchy(d: &pb::CgroupDir) -> &str {
-    if d.controllers.is_empty() {
+/// The directory of cgroup `c` under its hierarchy's mount point.
+fn dir_of(mounts: &HashMap<String, String>, c: &pb::Cgroup) -> Result<String, String> {
+    let Some(mount) = mounts.get(&c.controllers) else {
+        return Err(format!("cgroup hierarchy {:?} (path {}) is not mounted here", hierarchy(&c.controllers), c.path));
+    };
+    Ok(format!("{mount}{}", c.path))
+}
+
+/// A hierarchy's name for people: its controllers, or "v2".
+fn hierarchy(controllers: &str) -> &str {
+    if controllers.is_empty() {
         "v2"
     } else {
-        &d.controllers
+        controllers
     }
 }
 
@@ -217,11 +229,8 @@ pub fn join_thread(tid: i32, wanted: &[pb::Cgroup]) -> Result<(), String> {
     }
     let mounts = mounts();
     for w in wanted {
-        let Some(mount) = mounts.get(&w.controllers) else {
-            return Err(format!("cgroup hierarchy {:?} is not mounted here", w.controllers));
-        };
         let file = if w.controllers.is_empty() { "cgroup.threads" } else { "tasks" };
-        let path = format!("{mount}{}/{file}", w.path);
+        let path = format!("{}/{file}", dir_of(&mounts, w)?);
         std::fs::write(&path, tid.to_string()).map_err(|e| format!("moving thread {tid} into {path}: {e}"))?;
     }
     Ok(())
@@ -238,14 +247,7 @@ pub fn join(pid: i32, wanted: &[pb::Cgroup]) -> Result<(), String> {
         if own.iter().any(|o| o.controllers == w.controllers && o.path == w.path) {
             continue;
         }
-        let Some(mount) = mounts.get(&w.controllers) else {
-            return Err(format!(
-                "cgroup hierarchy {:?} (path {}) is not mounted here",
-                if w.controllers.is_empty() { "v2" } else { &w.controllers },
-                w.path
-            ));
-        };
-        let dir = format!("{mount}{}", w.path);
+        let dir = dir_of(&mounts, w)?;
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating cgroup {dir}: {e}"))?;
         std::fs::write(format!("{dir}/cgroup.procs"), pid.to_string())
             .map_err(|e| format!("moving pid {pid} into cgroup {dir}: {e}"))?;

@@ -331,10 +331,10 @@ fn collect_and_write(
         return Err(DumpError::ShmOutside(o));
     }
     // SysV message queues and semaphore sets the forest uses.
-    let live = forest.procs.iter().filter(|p| !p.zombie);
-    let tids: Vec<(i32, i32)> = live.flat_map(|p| p.threads.iter().map(move |&t| (p.pid, t))).collect();
     let ipc = sysvipc::dump(&pids)?;
     if !ipc.sets.is_empty() {
+        let live = forest.procs.iter().filter(|p| !p.zombie);
+        let tids: Vec<(i32, i32)> = live.flat_map(|p| p.threads.iter().map(move |&t| (p.pid, t))).collect();
         sysvipc::check_no_undo(&tids)?;
     }
     stats.collect += t.elapsed().as_secs_f64();

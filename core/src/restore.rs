@@ -179,27 +179,22 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
     // Puppeteer and the tasks it builds share one CPU until release.
     let pin = crate::affinity::Pin::current_cpu();
 
-    // 2. SysV message queues and semaphore sets, before any task runs.
-    let mut ipc = crate::sysvipc::Restored::default();
-    if let Err(e) =
-        dir.read_ipc().map_err(RestoreError::from).and_then(|img| Ok(crate::sysvipc::restore(&img, &mut ipc)?))
-    {
-        ipc.undo();
+    // 2-4. Before any task: the SysV message queues and semaphore sets,
+    // and the cgroups that are gone (made again with their settings).
+    // Then create, rebuild; undo everything made on failure.
+    let mut created = Created::default();
+    let before_tasks = dir
+        .read_ipc()
+        .map_err(RestoreError::from)
+        .and_then(|img| Ok(crate::sysvipc::restore(&img, &mut created.ipc)?))
+        .and_then(|()| {
+            crate::cgroups::recreate(&inventory.cgroup_dirs, &mut created.cgroups).map_err(RestoreError::Incompatible)
+        });
+    if let Err(e) = before_tasks {
+        created.undo();
         finish(false);
         return Err(e);
     }
-
-    // Cgroups that are gone, made again with their settings.
-    let mut cgroups = crate::cgroups::Made::default();
-    if let Err(e) = crate::cgroups::recreate(&inventory.cgroup_dirs, &mut cgroups) {
-        cgroups.undo();
-        ipc.undo();
-        finish(false);
-        return Err(RestoreError::Incompatible(e));
-    }
-
-    // 2-4. Create, rebuild; kill everything created on failure.
-    let mut created = Created::default();
     let blobs = crate::puppet::Blobs::default();
     if let Ok(mut b) = blobs.lock() {
         b.extend(dir.read_blobs()?.blobs.into_iter().map(|x| (x.key, x.data)));
@@ -207,9 +202,7 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
     let builders = match build_all(registry, blobs, &tasks, &inventory.roots, &mut created, &mut stats) {
         Ok(b) => b,
         Err(e) => {
-            created.kill_all();
-            cgroups.undo();
-            ipc.undo();
+            created.undo();
             finish(false);
             return Err(e);
         }
@@ -225,9 +218,7 @@ pub fn restore(opts: &RestoreOptions, registry: &Registry) -> Result<Outcome, Re
         let _s = info_span!("resume").entered();
         for (b, task) in builders.iter().rev() {
             if let Err(e) = b.resume(task) {
-                created.kill_all();
-                cgroups.undo();
-                ipc.undo();
+                created.undo();
                 finish(false);
                 return Err(e);
             }
@@ -414,13 +405,22 @@ fn wait_pid_free(pid: i32) -> Result<(), RestoreError> {
     }
 }
 
-/// Tasks created so far; killed if the restore fails.
+/// Tasks, cgroups and SysV objects made so far; undone if the restore fails.
 #[derive(Debug, Default)]
 struct Created {
     pids: Vec<i32>,
+    cgroups: crate::cgroups::Made,
+    ipc: crate::sysvipc::Restored,
 }
 
 impl Created {
+    /// Kills the tasks, then removes the cgroups and SysV objects made.
+    fn undo(&mut self) {
+        self.kill_all();
+        self.cgroups.undo();
+        self.ipc.undo();
+    }
+
     /// Kills every created task and reaps all of crt's children and tracees.
     fn kill_all(&mut self) {
         for &pid in self.pids.iter().rev() {
