@@ -13,6 +13,7 @@ use tracing::{debug, info, info_span};
 use crate::collect::{self, PagePlan, Session};
 use crate::cow;
 use crate::forest::{Forest, ForestError, Frozen};
+use crate::handlers::inet::{end_repair, Tasks};
 use crate::handlers::{sysvshm, Registry};
 use crate::images::{self, pb, ImageDir, ImageError, Kind};
 use crate::mem::{self, MemError, Run};
@@ -202,11 +203,13 @@ fn run(opts: &DumpOptions, registry: &Registry, out: &mut Output) -> Result<Dump
             }
             if opts.leave_running {
                 drop(sessions);
+                end_repair(Tasks::RunOn);
                 frozen.release();
             } else {
                 let pids: Vec<i32> = forest.procs.iter().map(|p| p.pid).collect();
                 drop(sessions);
                 frozen.kill(&pids);
+                end_repair(Tasks::Killed);
             }
             stats.tasks = forest.procs.len();
             Ok(stats)
@@ -216,6 +219,7 @@ fn run(opts: &DumpOptions, registry: &Registry, out: &mut Output) -> Result<Dump
                 s.undo();
             }
             drop(sessions);
+            end_repair(Tasks::RunOn);
             frozen.release();
             Err(e)
         }

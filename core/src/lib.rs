@@ -25,6 +25,7 @@ pub mod sched;
 pub mod seccomp;
 pub mod sharing;
 pub mod show;
+pub mod sockdiag;
 pub mod sysvipc;
 pub mod task_state;
 pub mod timers;

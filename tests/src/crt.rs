@@ -250,6 +250,10 @@ pub fn dump_env(workloads: &[&Workload], img_dir: &Path, extra: &[&str], envs: &
 pub struct Restored {
     proc: Option<CrtProcess>,
     pid: i32,
+    /// The `--stats` file crt writes once the forest is resumed: until it
+    /// exists, a task that looks running may still be crt's fresh fork of
+    /// it, not yet traced, with none of its state (credentials) restored.
+    resumed: PathBuf,
 }
 
 impl fmt::Debug for Restored {
@@ -269,9 +273,19 @@ impl Restored {
     pub fn start_env(img_dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut args: Vec<String> = vec!["restore".into(), "-D".into(), img_dir.to_string_lossy().into_owned()];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let given = extra.iter().position(|a| *a == "--stats").and_then(|i| extra.get(i + 1));
+        let resumed = match given {
+            Some(p) => PathBuf::from(p),
+            None => {
+                let p = img_dir.with_extension("resumed.json");
+                args.extend(["--stats".to_owned(), p.to_string_lossy().into_owned()]);
+                p
+            }
+        };
+        let _ = std::fs::remove_file(&resumed);
         let proc = CrtProcess::spawn_env(&args, envs);
         let pid = pid_of(&proc.child);
-        Self { proc: Some(proc), pid }
+        Self { proc: Some(proc), pid, resumed }
     }
 
     /// Pid of the `crt restore` process.
@@ -363,7 +377,8 @@ impl Restored {
             let tracer = process::proc_status_field(pid, "TracerPid");
             let parent = process::proc_status_field(pid, "PPid");
             let state = process::proc_status_field(pid, "State");
-            let ok = tracer.as_deref() == Some("0")
+            let ok = self.resumed.exists()
+                && tracer.as_deref() == Some("0")
                 && ppid.is_none_or(|pp| parent.as_deref() == Some(pp.to_string().as_str()))
                 && state
                     .as_deref()

@@ -48,7 +48,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "shared_mem",
     "pipe_pair",
     "unix_spair",
-    "unix_link",
+    "stream_link",
     "unix_backlog",
     "unix_dgram",
     "unix_fan",
@@ -76,7 +76,7 @@ pub const C_WORKLOADS: &[&str] = &[
 /// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed
 /// roles and exits, so they are re-parented to the harness (a subreaper)
 /// as separate roots; see [`Workload::spawn_group`].
-pub const LAUNCHERS: &[(&str, &[&str])] = &[("pipe_pair", &["w", "r"]), ("unix_link", &["s", "c"])];
+pub const LAUNCHERS: &[(&str, &[&str])] = &[("pipe_pair", &["w", "r"]), ("stream_link", &["s", "c"])];
 
 /// A non-root process of a workload's tree, as listed by the workload in
 /// `<workdir>/pids` (lines `<role> <pid> <ppid>`).

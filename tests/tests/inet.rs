@@ -1,13 +1,19 @@
-//! IPv4 sockets without TCP repair: a TCP listener and a UDP socket come
-//! back on their ports, and serve after restore; a TCP connection is
-//! refused with a clear message and the process runs on.
+//! IPv4 and IPv6 sockets: a TCP listener and a UDP socket come back on
+//! their ports and serve after restore; TCP connections between two trees
+//! (IPv4, IPv6, v4-mapped) come back in repair mode with every byte in
+//! flight both ways and their options; a connection with an end outside
+//! the forest, or waiting in an accept queue, is refused by name and the
+//! processes run on untouched, as after a failed or `--leave-running` dump.
 #![allow(clippy::panic, clippy::unwrap_used)]
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
-use crt_tests::{dump, Restored, TestDir, Workload, READY_TIMEOUT, RUN_AFTER_RESTORE, RUN_BEFORE_DUMP};
+use crt_tests::{
+    dump, dump_env, proc_status_field, DirSnapshot, Forest, Restored, TestDir, Workload, READY_TIMEOUT,
+    RUN_AFTER_RESTORE, RUN_BEFORE_DUMP,
+};
 
 fn ports(w: &Workload) -> (u16, u16) {
     let text = std::fs::read_to_string(w.dir().join("ports")).unwrap();
@@ -61,4 +67,78 @@ fn tcp_connection_is_refused_and_the_server_runs_on() {
     UdpSocket::bind("127.0.0.1:0").unwrap().send_to(b"hello", ("127.0.0.1", udp)).unwrap();
     std::thread::sleep(RUN_AFTER_RESTORE);
     w.terminate_and_check();
+}
+
+/// `stream_link` over TCP: a server tree and a client tree.
+fn tcp_link(kind: &str) -> Forest {
+    Forest::from_workloads(Workload::spawn_group_with_env("stream_link", &[("CRT_UNIX_KIND", kind)]))
+}
+
+#[test]
+fn tcp_connection_between_two_trees_ipv4() {
+    crt_tests::init!();
+    tcp_link("tcp4").roundtrip();
+}
+
+#[test]
+fn tcp_connection_between_two_trees_ipv6() {
+    crt_tests::init!();
+    tcp_link("tcp6").roundtrip();
+}
+
+#[test]
+fn tcp_connection_between_two_trees_v4_mapped() {
+    crt_tests::init!();
+    tcp_link("tcp4v6").roundtrip();
+}
+
+/// A dump that fails after every connection was read in repair mode, and
+/// one with `--leave-running`: both ends go on with every byte (repair
+/// mode left, no window probe, `SO_REUSEADDR` as it was).
+#[test]
+fn tcp_connection_survives_failed_and_leave_running_dumps() {
+    crt_tests::init!();
+    let f = tcp_link("tcp4");
+    f.wait_ready();
+    std::thread::sleep(RUN_BEFORE_DUMP);
+    let img = f.img_dir();
+    dump_env(&f.refs(), img, &[], &[("CRT_FAULT", "dump-after-collect")]).assert_failure();
+    let snap = DirSnapshot::take(img);
+    assert!(snap.is_empty(), "a failed dump left files: {snap:?}");
+    std::thread::sleep(RUN_BEFORE_DUMP);
+    f.dump(&["--leave-running"]).assert_success();
+    for w in &f.workloads {
+        w.assert_alive("after the dump with --leave-running");
+    }
+    std::thread::sleep(RUN_AFTER_RESTORE);
+    for w in &f.workloads {
+        w.terminate_and_check();
+    }
+}
+
+#[test]
+fn tcp_peer_outside_is_refused_and_both_run_on() {
+    crt_tests::init!();
+    for dumped in [0, 1] {
+        let ws = Workload::spawn_group_with_env("stream_link", &[("CRT_UNIX_KIND", "tcp4")]);
+        for w in &ws {
+            w.wait_ready(READY_TIMEOUT);
+        }
+        let img = TestDir::new("crt-img-");
+        let out = dump(&[&ws[dumped]], img.path(), &[]);
+        out.assert_failure()
+            .assert_stderr_contains("TCP connection")
+            .assert_stderr_mentions_number(ws[1 - dumped].pid())
+            .assert_stderr_contains("--tree");
+        let snap = DirSnapshot::take(img.path());
+        assert!(snap.is_empty(), "a refused dump left files: {snap:?}");
+        for w in &ws {
+            w.assert_alive("after the refused dump");
+            assert_eq!(proc_status_field(w.pid(), "TracerPid").as_deref(), Some("0"));
+        }
+        std::thread::sleep(RUN_AFTER_RESTORE);
+        for w in &ws {
+            w.terminate_and_check();
+        }
+    }
 }

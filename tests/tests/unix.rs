@@ -27,19 +27,19 @@ fn socketpairs_in_one_process_and_across_fork() {
 #[test]
 fn stream_pathname_between_two_trees() {
     crt_tests::init!();
-    forest_env("unix_link", &[("CRT_UNIX_KIND", "path")]).roundtrip();
+    forest_env("stream_link", &[("CRT_UNIX_KIND", "path")]).roundtrip();
 }
 
 #[test]
 fn stream_abstract_between_two_trees() {
     crt_tests::init!();
-    forest_env("unix_link", &[("CRT_UNIX_KIND", "abstract")]).roundtrip();
+    forest_env("stream_link", &[("CRT_UNIX_KIND", "abstract")]).roundtrip();
 }
 
 #[test]
 fn seqpacket_between_two_trees() {
     crt_tests::init!();
-    forest_env("unix_link", &[("CRT_UNIX_KIND", "seqpacket")]).roundtrip();
+    forest_env("stream_link", &[("CRT_UNIX_KIND", "seqpacket")]).roundtrip();
 }
 
 #[test]
@@ -58,7 +58,7 @@ fn datagrams_connected_and_unconnected() {
 fn all_unix_workloads_in_one_forest() {
     crt_tests::init!();
     let mut ws = Workload::spawn_group("unix_spair");
-    ws.extend(Workload::spawn_group("unix_link"));
+    ws.extend(Workload::spawn_group("stream_link"));
     ws.extend(Workload::spawn_group("unix_backlog"));
     ws.extend(Workload::spawn_group("unix_dgram"));
     Forest::from_workloads(ws).roundtrip();
@@ -71,8 +71,8 @@ fn all_unix_workloads_in_one_forest() {
 fn failed_dump_after_collect_loses_no_byte() {
     crt_tests::init!();
     let mut ws = Workload::spawn_group("unix_spair");
-    ws.extend(Workload::spawn_group("unix_link"));
-    ws.extend(Workload::spawn_group_with_env("unix_link", &[("CRT_UNIX_KIND", "seqpacket")]));
+    ws.extend(Workload::spawn_group("stream_link"));
+    ws.extend(Workload::spawn_group_with_env("stream_link", &[("CRT_UNIX_KIND", "seqpacket")]));
     ws.extend(Workload::spawn_group("unix_backlog"));
     ws.extend(Workload::spawn_group("unix_dgram"));
     let f = Forest::from_workloads(ws);
@@ -135,9 +135,9 @@ fn pipe_in_flight_is_refused_and_nothing_is_lost() {
 }
 
 /// Dumps only one side (`dumped`: 0 = server, 1 = client) of a running
-/// unix_link; the peer socket stays outside.
+/// stream_link; the peer socket stays outside.
 fn outside(dumped: usize, extra: &[&str], env: &[(&str, &str)]) -> (Vec<Workload>, TestDir, crt_tests::CrtOutput) {
-    let ws = Workload::spawn_group_with_env("unix_link", env);
+    let ws = Workload::spawn_group_with_env("stream_link", env);
     for w in &ws {
         w.wait_ready(READY_TIMEOUT);
     }

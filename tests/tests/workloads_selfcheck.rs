@@ -256,8 +256,9 @@ const DRAINING: &[(&str, &[(&str, &str)])] = &[
     ("shared_mem", &[]),
     ("pipe_pair", &[]),
     ("unix_spair", &[]),
-    ("unix_link", &[]),
-    ("unix_link", &[("CRT_UNIX_KIND", "seqpacket")]),
+    ("stream_link", &[]),
+    ("stream_link", &[("CRT_UNIX_KIND", "seqpacket")]),
+    ("stream_link", &[("CRT_UNIX_KIND", "tcp4")]),
     ("fifo_pair", &[]),
     ("memfd_share", &[]),
     ("clone_files", &[]),
@@ -472,8 +473,15 @@ fn pipe_pair_passes() {
 /// Runs group `name` sabotaged and expects its root `idx` to FAIL
 /// mentioning `needle` (the other roots are terminated without checks).
 fn sabotaged_group(name: &str, idx: usize, needle: &str) {
+    sabotaged_group_env(name, &[], idx, needle);
+}
+
+/// [`sabotaged_group`] with more environment variables.
+fn sabotaged_group_env(name: &str, env: &[(&str, &str)], idx: usize, needle: &str) {
     crt_tests::init!();
-    let ws = Workload::spawn_group_with_env(name, &[("CRT_WL_SABOTAGE", "1")]);
+    let mut env = env.to_vec();
+    env.push(("CRT_WL_SABOTAGE", "1"));
+    let ws = Workload::spawn_group_with_env(name, &env);
     for w in &ws {
         w.wait_ready(READY_TIMEOUT);
         w.prepare();
@@ -649,15 +657,22 @@ fn unix_spair_detects_a_consumed_byte() {
 }
 
 #[test]
-fn unix_link_passes() {
-    let ws = selfcheck_group("unix_link");
+fn stream_link_passes() {
+    let ws = selfcheck_group("stream_link");
     let names: Vec<&str> = ws.iter().map(Workload::name).collect();
-    assert_eq!(names, ["unix_link:s", "unix_link:c"]);
+    assert_eq!(names, ["stream_link:s", "stream_link:c"]);
 }
 
 #[test]
-fn unix_link_detects_a_gap() {
-    sabotaged_group("unix_link", 0, "S: got seq 3001, want 3000 (gap)");
+fn stream_link_detects_a_gap() {
+    sabotaged_group("stream_link", 0, "S: got seq 3001, want 3000 (gap)");
+}
+
+#[test]
+fn stream_link_tcp_detects_a_gap_and_a_changed_option() {
+    let tcp = [("CRT_UNIX_KIND", "tcp4")];
+    sabotaged_group_env("stream_link", &tcp, 0, "S: got seq 3001, want 3000 (gap)");
+    sabotaged_group_env("stream_link", &tcp, 1, "option 6 is 3, want 5");
 }
 
 #[test]

@@ -19,7 +19,7 @@ mod eventfd;
 mod filemap;
 mod ghost;
 
-mod inet;
+pub mod inet;
 mod inotify;
 mod memfd;
 mod memory;

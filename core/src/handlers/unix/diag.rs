@@ -3,9 +3,9 @@
 //! pending connections, queue lengths and shutdown state.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
+use crate::sockdiag::{self, u32_at};
+
 const UDIAG_SHOW_NAME: u32 = 0x01;
 const UDIAG_SHOW_VFS: u32 = 0x02;
 const UDIAG_SHOW_PEER: u32 = 0x04;
@@ -19,8 +19,6 @@ const UNIX_DIAG_ICONS: u16 = 3;
 const UNIX_DIAG_RQLEN: u16 = 4;
 const UNIX_DIAG_SHUTDOWN: u16 = 6;
 const UNIX_DIAG_UID: u16 = 7;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 
 /// `sk_state` of a listening socket.
 pub const TCP_LISTEN: u8 = 10;
@@ -52,33 +50,9 @@ pub struct Sock {
     pub uid: u32,
 }
 
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    b.get(o..o + 4).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]])).unwrap_or(0)
-}
-
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    b.get(o..o + 2).map(|s| u16::from_ne_bytes([s[0], s[1]])).unwrap_or(0)
-}
-
-fn os_err(what: &str) -> String {
-    format!("unix_diag: {what}: {}", std::io::Error::last_os_error())
-}
-
 /// Every unix socket of this network namespace, by inode.
 pub fn all() -> Result<HashMap<u64, Sock>, String> {
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
-    if raw < 0 {
-        return Err(os_err("netlink socket (is CONFIG_UNIX_DIAG on?)"));
-    }
-    // SAFETY: `raw` was just created and is owned by nobody else.
-    let nl = unsafe { OwnedFd::from_raw_fd(raw) };
-    let mut req = Vec::with_capacity(40);
-    req.extend_from_slice(&40u32.to_ne_bytes()); // nlmsg_len
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    let mut req = Vec::with_capacity(24);
     req.push(libc::AF_UNIX as u8); // sdiag_family
     req.push(0); // sdiag_protocol
     req.extend_from_slice(&0u16.to_ne_bytes());
@@ -88,44 +62,8 @@ pub fn all() -> Result<HashMap<u64, Sock>, String> {
         UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN | UDIAG_SHOW_UID;
     req.extend_from_slice(&show.to_ne_bytes());
     req.extend_from_slice(&[0u8; 8]); // cookie
-                                      // SAFETY: sends `req.len()` initialised bytes from `req`.
-    if unsafe { libc::send(nl.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(os_err("send"));
-    }
-    let mut out = HashMap::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: receives at most `buf.len()` bytes into `buf`.
-        let n = unsafe { libc::recv(nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(os_err("recv"));
-        }
-        let data = &buf[..n as usize];
-        let mut off = 0usize;
-        while off + 16 <= data.len() {
-            let len = u32_at(data, off) as usize;
-            let typ = u16_at(data, off + 4);
-            if len < 16 || off + len > data.len() {
-                break;
-            }
-            match typ {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
-                    let errno = -(u32_at(data, off + 16) as i32);
-                    return Err(format!("unix_diag: {}", std::io::Error::from_raw_os_error(errno)));
-                }
-                _ => {
-                    if let Some(s) = parse(&data[off + 16..off + len]) {
-                        out.insert(s.ino, s);
-                    }
-                }
-            }
-            off += (len + 3) & !3;
-        }
-        if n == 0 {
-            return Ok(out);
-        }
-    }
+    let answers = sockdiag::dump(&req).map_err(|e| format!("unix_diag (is CONFIG_UNIX_DIAG on?): {e}"))?;
+    Ok(answers.iter().filter_map(|m| parse(m)).map(|s| (s.ino, s)).collect())
 }
 
 fn parse(m: &[u8]) -> Option<Sock> {
@@ -133,14 +71,7 @@ fn parse(m: &[u8]) -> Option<Sock> {
         return None;
     }
     let mut s = Sock { typ: m[1], state: m[2], ino: u32_at(m, 4) as u64, ..Default::default() };
-    let mut off = 16;
-    while off + 4 <= m.len() {
-        let alen = u16_at(m, off) as usize;
-        let atype = u16_at(m, off + 2) & 0x3fff;
-        if alen < 4 || off + alen > m.len() {
-            break;
-        }
-        let d = &m[off + 4..off + alen];
+    for (atype, d) in sockdiag::attrs(m, 16) {
         match atype {
             UNIX_DIAG_NAME => {
                 s.name = d.to_vec();
@@ -159,7 +90,6 @@ fn parse(m: &[u8]) -> Option<Sock> {
             UNIX_DIAG_UID => s.uid = u32_at(d, 0),
             _ => {}
         }
-        off += (alen + 3) & !3;
     }
     Some(s)
 }

@@ -42,6 +42,7 @@ use prost::Message;
 
 use super::{boxed, Builtin, BUILTIN_VERSION};
 use crate::images::pb;
+use crate::sockdiag::{forest_sockets, socket_ino};
 use diag::Sock;
 use pb::UnixPeerKind as Kind;
 
@@ -117,24 +118,6 @@ fn type_name(t: u32) -> &'static str {
 
 fn lock<'a, T>(m: &'a Mutex<T>, what: &str) -> Result<std::sync::MutexGuard<'a, T>, String> {
     m.lock().map_err(|_| format!("unix handler {what} state poisoned"))
-}
-
-/// Socket inodes held by `pids`.
-fn forest_sockets(pids: &[i32]) -> HashSet<u64> {
-    let mut out = HashSet::new();
-    for &pid in pids {
-        let Ok(fds) = crate::procfs::fds(pid) else { continue };
-        for fd in fds {
-            if let Some(ino) = crate::procfs::link(pid, &format!("fd/{fd}")).ok().as_deref().and_then(socket_ino) {
-                out.insert(ino);
-            }
-        }
-    }
-    out
-}
-
-fn socket_ino(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
 impl DumpState {

@@ -1,13 +1,17 @@
 /*
- * unix_link: a launcher.  It creates a listening unix socket, forks a
+ * stream_link: a launcher.  It creates a listening socket, forks a
  * server S (which accepts one connection and keeps the listener open) and
  * a client C (which connects), and exits, so S and C are re-parented to
  * the harness as two separate roots joined by the connection.  Each works
  * in argv[1]/s or argv[1]/c with its own out.log and pid file.
  *
- * CRT_UNIX_KIND selects the socket: "path" (stream, pathname-bound in
- * argv[1]/s/sock; default), "abstract" (stream, abstract name) or
- * "seqpacket" (pathname-bound SOCK_SEQPACKET).
+ * CRT_UNIX_KIND selects the socket: "path" (unix stream, pathname-bound in
+ * argv[1]/s/sock; default), "abstract" (unix stream, abstract name),
+ * "seqpacket" (pathname-bound SOCK_SEQPACKET), "tcp4" (TCP on 127.0.0.1),
+ * "tcp6" (TCP on ::1) or "tcp4v6" (an IPv6 listener on :: and an IPv4
+ * client: the server's end is IPv6 with v4-mapped addresses).  TCP sockets
+ * get TCP_NODELAY, keepalive settings and a linger time, checked after the
+ * restore.
  *
  * Both sides send batches of BATCH sequence numbers (u64) with
  * non-blocking writes, twice as fast as they read, so the queues in both
@@ -23,12 +27,16 @@
  * tries one more write (must fail with EPIPE) and reports "eof=1 epipe=1".
  * CRT_UNIX_PEER_MAY_GO=1: only the sequence is checked (for tests where the
  * peer is left outside the dump).
- * Sabotage: C skips one sequence number (S must notice the gap).
+ * Sabotage: C skips one sequence number (S must notice the gap); over
+ * TCP it also changes its TCP_KEEPCNT (C must notice).
  */
 #include "wl_common.h"
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stddef.h>
 
 #define BATCH 64
@@ -37,7 +45,7 @@
 #define AFTER_STALL_MIN 5
 #define MIN_BUFFERED 4096
 
-static int seqpacket, may_go;
+static int seqpacket, may_go, tcp_kind;
 
 static void setup(const char *sub, const char *root_dir, const char *role)
 {
@@ -60,6 +68,28 @@ static void setup(const char *sub, const char *root_dir, const char *role)
 		wl_die("pid file");
 }
 
+/* TCP options set on both ends, checked again at the end. */
+static void tcp_opts(int fd, int check)
+{
+	int vals[][3] = {{IPPROTO_TCP, TCP_NODELAY, 1},  {SOL_SOCKET, SO_KEEPALIVE, 1},
+			 {IPPROTO_TCP, TCP_KEEPIDLE, 77}, {IPPROTO_TCP, TCP_KEEPINTVL, 9},
+			 {IPPROTO_TCP, TCP_KEEPCNT, 5},   {IPPROTO_TCP, TCP_USER_TIMEOUT, 30000}};
+	for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
+		int v = 0;
+		socklen_t l = sizeof v;
+		if (!check && setsockopt(fd, vals[i][0], vals[i][1], &vals[i][2], sizeof(int)))
+			wl_die("setsockopt %d", vals[i][1]);
+		if (check && (getsockopt(fd, vals[i][0], vals[i][1], &v, &l) || v != vals[i][2]))
+			wl_fail("option %d is %d, want %d", vals[i][1], v, vals[i][2]);
+	}
+	struct linger lg = {1, 1}, got = {0, 0};
+	socklen_t l = sizeof got;
+	if (!check && setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg))
+		wl_die("SO_LINGER");
+	if (check && (getsockopt(fd, SOL_SOCKET, SO_LINGER, &got, &l) || got.l_onoff != 1 || got.l_linger != 1))
+		wl_fail("SO_LINGER is %d/%d", got.l_onoff, got.l_linger);
+}
+
 static void run(const char *who, int fd)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -77,8 +107,12 @@ static void run(const char *who, int fd)
 		iter++;
 		if (opos == MSG) {
 			for (int i = 0; i < BATCH; i++) {
-				if (wl_sabotage && who[0] == 'C' && out_seq == 3000)
+				if (wl_sabotage && who[0] == 'C' && out_seq == 3000) {
 					out_seq++;
+					int three = 3;
+					if (tcp_kind)
+						setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &three, sizeof three);
+				}
 				uint64_t v = out_seq++;
 				memcpy(obuf + i * 8, &v, 8);
 			}
@@ -158,7 +192,73 @@ static void run(const char *who, int fd)
 			 (unsigned long long)prog.since_stall);
 	}
 	WL_CHECK(max_buffered >= MIN_BUFFERED, "%s: at most %d bytes were ever queued", who, max_buffered);
+	if (tcp_kind && !eof)
+		tcp_opts(fd, 1);
 	wl_finish();
+}
+
+static void tcp_link(const char *root_dir, const char *kind)
+{
+	int v6l = strcmp(kind, "tcp4") != 0, v6c = strcmp(kind, "tcp6") == 0;
+	struct sockaddr_storage ss;
+	socklen_t sl = v6l ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+	memset(&ss, 0, sizeof ss);
+	if (v6l) {
+		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+		a6->sin6_family = AF_INET6;
+		a6->sin6_addr = v6c ? in6addr_loopback : in6addr_any;
+	} else {
+		struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+		a4->sin_family = AF_INET;
+		a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	}
+	int l = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), zero = 0;
+	if (v6l && setsockopt(l, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero))
+		wl_die("IPV6_V6ONLY");
+	if (l < 0 || bind(l, (struct sockaddr *)&ss, sl) || listen(l, 4) || getsockname(l, (struct sockaddr *)&ss, &sl))
+		wl_die("listen on %s", kind);
+	uint16_t port = ntohs(v6l ? ((struct sockaddr_in6 *)&ss)->sin6_port : ((struct sockaddr_in *)&ss)->sin_port);
+	pid_t s = fork();
+	if (s < 0)
+		wl_die("fork S");
+	if (s == 0) {
+		setup("s", root_dir, "S");
+		int c = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0)
+			wl_die("accept");
+		tcp_opts(c, 0);
+		run("S", c);
+	}
+	close(l);
+	pid_t c = fork();
+	if (c < 0)
+		wl_die("fork C");
+	if (c == 0) {
+		setup("c", root_dir, "C");
+		struct sockaddr_storage to;
+		memset(&to, 0, sizeof to);
+		socklen_t tl;
+		if (v6c) {
+			struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&to;
+			a6->sin6_family = AF_INET6;
+			a6->sin6_addr = in6addr_loopback;
+			a6->sin6_port = htons(port);
+			tl = sizeof *a6;
+		} else {
+			struct sockaddr_in *a4 = (struct sockaddr_in *)&to;
+			a4->sin_family = AF_INET;
+			a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+			a4->sin_port = htons(port);
+			tl = sizeof *a4;
+		}
+		int fd = socket(to.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0 || connect(fd, (struct sockaddr *)&to, tl) != 0)
+			wl_die("connect");
+		tcp_opts(fd, 0);
+		run("C", fd);
+	}
+	wl_printf("LAUNCHED s=%d c=%d\n", (int)s, (int)c);
+	exit(0);
 }
 
 int main(int argc, char **argv)
@@ -171,6 +271,10 @@ int main(int argc, char **argv)
 	seqpacket = strcmp(kind, "seqpacket") == 0;
 	const char *mg = getenv("CRT_UNIX_PEER_MAY_GO");
 	may_go = mg && strcmp(mg, "1") == 0;
+	if (strncmp(kind, "tcp", 3) == 0) {
+		tcp_kind = 1;
+		tcp_link(root_dir, kind);
+	}
 	struct sockaddr_un a;
 	memset(&a, 0, sizeof a);
 	a.sun_family = AF_UNIX;

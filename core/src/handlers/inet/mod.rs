@@ -1,0 +1,289 @@
+//! Built-in handler for IPv4/IPv6 sockets: TCP listeners (bound address,
+//! backlog, options), TCP connections with both ends in the forest (in
+//! repair mode, [`tcp`]), and UDP sockets (bound, optionally connected).
+//!
+//! Refused, by name: a listener with connections waiting in its accept
+//! queue, a connection whose other end is outside the forest (another
+//! host, a process not dumped, a connection not yet accepted), a TCP state
+//! other than those in [`tcp::RESTORABLE`], a UDP socket with datagrams
+//! queued, and every other socket type.
+
+mod diag;
+mod sockopt;
+mod tcp;
+
+use std::collections::HashSet;
+use std::os::fd::{AsFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::Mutex;
+
+use abi_stable::std_types::{RResult, RSlice, RString, RVec};
+use crt_plugin_api::{FdDesc, Handler, TaskRef};
+use prost::Message;
+
+use super::{boxed, Builtin, BUILTIN_VERSION};
+use crate::images::pb;
+use sockopt::getint;
+pub use tcp::{end_repair, Tasks};
+
+/// Per-dump state (from `dump_checkpoint` to `dump_finish`).
+#[derive(Default)]
+struct DumpState {
+    pids: Vec<i32>,
+    /// Socket inodes held by the forest.
+    forest: HashSet<u64>,
+    /// Every TCP socket of the namespace, read once the forest is frozen.
+    tcp: Vec<diag::Tcp>,
+}
+
+/// `socket:[…]` of family AF_INET or AF_INET6 (asked after the unix handler).
+#[derive(Default)]
+pub struct Inet {
+    dump: Mutex<Option<DumpState>>,
+    /// Restored connections to finish once every task's fds exist.
+    pending: Mutex<Vec<tcp::Pending>>,
+}
+
+inventory::submit! { Builtin { priority: 140, make: || boxed(Inet::default()) } }
+
+impl DumpState {
+    /// Refuses a connection whose other end the forest does not hold.
+    fn check_peer(&self, fd: &FdDesc, me: &diag::Tcp) -> Result<(), String> {
+        let what = format!("a TCP connection {} -> {} ({})", me.local, me.remote, diag::state_name(me.state));
+        let candidates: Vec<&diag::Tcp> =
+            self.tcp.iter().filter(|t| t.local == me.remote && t.remote == me.local && t.ino != me.ino).collect();
+        if candidates.iter().any(|t| t.ino != 0 && self.forest.contains(&t.ino)) {
+            return Ok(());
+        }
+        let why = if let Some(p) = candidates.iter().find(|t| t.ino != 0) {
+            let link = format!("socket:[{}]", p.ino);
+            match crate::sharing::find_outside_holders(&[(fd.pid, fd.fd, link)], &self.pids) {
+                Some(h) => format!(
+                    "its other end is held by pid {} ({}) fd {}, which is not dumped; add --tree {} to dump both ends",
+                    h.other_pid, h.other_comm, h.other_fd, h.other_pid
+                ),
+                None => "its other end is held by no process crt can see".into(),
+            }
+        } else if let Some(p) = candidates.first() {
+            match p.state {
+                diag::state::ESTABLISHED | diag::state::SYN_RECV => {
+                    "its other end waits in a listener's accept queue (not yet accepted); retry when it is accepted"
+                        .into()
+                }
+                s => format!("its other end was closed by its owner ({}, held by no fd)", diag::state_name(s)),
+            }
+        } else {
+            "its other end is not on this host's network namespace (another host, or a container)".into()
+        };
+        Err(format!("{what}: {why}; crt restores TCP connections with both ends in the forest"))
+    }
+
+    /// The `inet_diag` entry of a connection fd, checked for a state crt rebuilds and a peer in the forest.
+    fn connection(&self, fd: &FdDesc) -> Result<&diag::Tcp, String> {
+        let me = self
+            .tcp
+            .iter()
+            .find(|t| t.ino == fd.ino)
+            .ok_or_else(|| format!("TCP socket {} is missing from inet_diag", fd.link))?;
+        if !tcp::RESTORABLE.contains(&me.state) {
+            return Err(format!(
+                "a TCP connection {} -> {} in state {}; crt rebuilds ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK and CLOSING",
+                me.local,
+                me.remote,
+                diag::state_name(me.state)
+            ));
+        }
+        self.check_peer(fd, me)?;
+        Ok(me)
+    }
+}
+
+/// For a listener, TCP_INFO's unacked is the accept queue and sacked its limit.
+fn listener_backlog(s: &OwnedFd) -> Result<i32, String> {
+    let info = sockopt::get_bytes(s.as_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, size_of::<libc::tcp_info>())?;
+    // SAFETY: all-zero is a valid tcp_info.
+    let mut t: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let n = info.len().min(size_of::<libc::tcp_info>());
+    // SAFETY: copies `n` bytes into `t`, which has room for them.
+    unsafe { std::ptr::copy_nonoverlapping(info.as_ptr(), (&mut t as *mut libc::tcp_info).cast::<u8>(), n) };
+    if t.tcpi_unacked > 0 {
+        return Err(format!(
+            "a TCP listener with {} connection(s) waiting to be accepted; crt cannot restore them — retry when they are accepted",
+            t.tcpi_unacked
+        ));
+    }
+    Ok(t.tcpi_sacked as i32)
+}
+
+impl Inet {
+    fn dump_socket(&self, task: &mut TaskRef<'_>, fd: &FdDesc) -> Result<pb::InetSocket, String> {
+        let copy = task.take_fd(fd.fd).into_result().map_err(|e| e.to_string())?;
+        // SAFETY: take_fd hands us ownership of a new fd.
+        let s = unsafe { OwnedFd::from_raw_fd(copy) };
+        let b = s.as_fd();
+        let family = getint(b, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+        if family != libc::AF_INET && family != libc::AF_INET6 {
+            return Err(format!("a socket of address family {family}; crt handles unix, IPv4 and IPv6 sockets"));
+        }
+        let typ = getint(b, libc::SOL_SOCKET, libc::SO_TYPE)?;
+        let protocol = getint(b, libc::SOL_SOCKET, libc::SO_PROTOCOL)?;
+        let listening = getint(b, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? == 1;
+        let mut backlog = 0;
+        let mut conn = None;
+        if typ == libc::SOCK_STREAM && listening {
+            backlog = listener_backlog(&s)?;
+        } else if typ == libc::SOCK_STREAM {
+            let st = self.dump.lock().map_err(|_| "inet dump state poisoned".to_string())?;
+            let st = st.as_ref().ok_or("inet: no dump in progress")?;
+            conn = Some(tcp::dump(&s, st.connection(fd)?)?);
+        } else if typ == libc::SOCK_DGRAM {
+            if sockopt::ioctl_int(b, libc::FIONREAD)? > 0 {
+                return Err(
+                    "a UDP socket with datagrams queued; crt does not store UDP queues yet — retry when they are read"
+                        .into(),
+                );
+            }
+        } else {
+            return Err(format!("an IP socket of type {typ}; crt handles TCP and UDP sockets"));
+        }
+        let (options, raw_options, buffers) = sockopt::read_all(b, family, typ == libc::SOCK_STREAM);
+        let connected = typ == libc::SOCK_DGRAM || conn.is_some();
+        Ok(pb::InetSocket {
+            family,
+            r#type: typ,
+            protocol,
+            local: sockopt::addr(b, false),
+            peer: if connected { sockopt::addr(b, true) } else { Vec::new() },
+            listening,
+            backlog,
+            flags: fd.flags,
+            options,
+            raw_options,
+            buffers,
+            conn,
+        })
+    }
+
+    fn restore_socket(&self, m: &pb::InetSocket) -> Result<i32, String> {
+        // SAFETY: socket takes integers only.
+        let raw = unsafe { libc::socket(m.family, m.r#type | libc::SOCK_CLOEXEC, m.protocol) };
+        if raw < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: just created, owned here.
+        let s = unsafe { OwnedFd::from_raw_fd(raw) };
+        let b = s.as_fd();
+        sockopt::apply(b, &m.options, &m.raw_options)?;
+        if let Some(c) = &m.conn {
+            let p = tcp::restore(&s, m, c)?;
+            self.pending.lock().map_err(|_| "inet restore state poisoned".to_string())?.push(p);
+            return Ok(s.into_raw_fd());
+        }
+        sockopt::apply_buffers(b, &m.buffers)?;
+        if !m.local.is_empty() {
+            bind_listener_port(&s, m).map_err(|e| format!("binding the socket to its address again: {e}"))?;
+        }
+        if m.listening {
+            // SAFETY: listen takes integers only.
+            if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&s), m.backlog.max(1)) } != 0 {
+                return Err(format!("listen: {}", std::io::Error::last_os_error()));
+            }
+        }
+        if !m.peer.is_empty() {
+            sockopt::bind_or_connect(b, &m.peer, true).map_err(|e| format!("connecting the UDP socket again: {e}"))?;
+        }
+        Ok(s.into_raw_fd())
+    }
+}
+
+/// Binds `s` to its address. A connection accepted from a listener shares
+/// its port; restored first (repair mode binds regardless), it makes the
+/// listener's bind fail unless `SO_REUSEADDR` is on for the bind only.
+fn bind_listener_port(s: &OwnedFd, m: &pb::InetSocket) -> std::io::Result<()> {
+    let b = s.as_fd();
+    match sockopt::bind_or_connect(b, &m.local, false) {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && m.r#type == libc::SOCK_STREAM => {
+            let reuse = getint(b, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap_or(0);
+            if reuse != 0 {
+                return Err(e);
+            }
+            sockopt::setint(b, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).map_err(std::io::Error::other)?;
+            let r = sockopt::bind_or_connect(b, &m.local, false);
+            if m.listening {
+                // SAFETY: listen takes integers only; the port must be taken before reuse goes off.
+                unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(s), m.backlog.max(1)) };
+            }
+            sockopt::setint(b, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0).map_err(std::io::Error::other)?;
+            r
+        }
+        r => r,
+    }
+}
+
+impl Handler for Inet {
+    fn name(&self) -> RString {
+        "inet".into()
+    }
+
+    fn version(&self) -> RString {
+        BUILTIN_VERSION.into()
+    }
+
+    fn claims(&self) -> RString {
+        "fd: IPv4/IPv6 TCP listeners, TCP connections within the forest (TCP_REPAIR), UDP sockets".into()
+    }
+
+    fn hooks(&self) -> RString {
+        "dump_checkpoint, dump_finish, restore_resume, restore_finish".into()
+    }
+
+    fn claims_fd(&self, fd: &FdDesc) -> bool {
+        fd.file_type() == libc::S_IFSOCK && fd.link.starts_with("socket:[")
+    }
+
+    fn dump_checkpoint(&self, pids: RSlice<'_, i32>) -> RResult<(), RString> {
+        let r = (|| -> Result<(), String> {
+            let st = DumpState {
+                pids: pids.to_vec(),
+                forest: crate::sockdiag::forest_sockets(pids.as_slice()),
+                tcp: diag::all_tcp()?,
+            };
+            *self.dump.lock().map_err(|_| "inet dump state poisoned".to_string())? = Some(st);
+            Ok(())
+        })();
+        r.map_err(RString::from).into()
+    }
+
+    fn dump_fd(&self, mut task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
+        self.dump_socket(&mut task, fd).map(|m| RVec::from(m.encode_to_vec())).map_err(RString::from).into()
+    }
+
+    fn dump_finish(&self, _ok: bool) {
+        // The core ended repair mode before it released or killed the tasks; this is the safety net.
+        end_repair(Tasks::RunOn);
+        if let Ok(mut st) = self.dump.lock() {
+            *st = None;
+        }
+    }
+
+    fn restore_fd(&self, _task: TaskRef<'_>, _fd: i32, blob: RSlice<'_, u8>) -> RResult<i32, RString> {
+        let r = pb::InetSocket::decode(blob.as_slice())
+            .map_err(|e| format!("corrupt inet record: {e}"))
+            .and_then(|m| self.restore_socket(&m));
+        r.map_err(RString::from).into()
+    }
+
+    fn restore_resume(&self, _task: TaskRef<'_>) -> RResult<(), RString> {
+        // Every task's fds exist by the first call: both ends of each connection.
+        let r = match self.pending.lock() {
+            Ok(mut p) => tcp::release(std::mem::take(&mut *p)),
+            Err(_) => Err("inet restore state poisoned".into()),
+        };
+        r.map_err(RString::from).into()
+    }
+
+    fn restore_finish(&self, _ok: bool) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.clear();
+        }
+    }
+}
