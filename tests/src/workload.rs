@@ -49,6 +49,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "pipe_pair",
     "unix_spair",
     "stream_link",
+    "tcp_states",
     "unix_backlog",
     "unix_dgram",
     "unix_fan",

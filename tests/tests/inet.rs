@@ -48,6 +48,28 @@ fn tcp_listener_and_udp_socket_serve_after_restore() {
     r.finish(&[&w]);
 }
 
+/// inet_server's own checks, without crt: passes as it is, and notices a
+/// socket filter that is gone.
+#[test]
+fn inet_server_checks_itself() {
+    crt_tests::init!();
+    for sabotage in [false, true] {
+        let env: &[(&str, &str)] = if sabotage { &[("CRT_WL_SABOTAGE", "1")] } else { &[] };
+        let w = Workload::spawn_with_env("inet_server", env);
+        w.wait_ready(READY_TIMEOUT);
+        let (tcp, udp) = ports(&w);
+        ping(tcp);
+        UdpSocket::bind("127.0.0.1:0").unwrap().send_to(b"hello", ("127.0.0.1", udp)).unwrap();
+        std::thread::sleep(RUN_AFTER_RESTORE);
+        if sabotage {
+            let log = w.terminate_expect_fail();
+            assert!(log.contains("passed the filter uncut"), "sabotage not noticed:\n{log}");
+        } else {
+            w.terminate_and_check();
+        }
+    }
+}
+
 #[test]
 fn tcp_connection_is_refused_and_the_server_runs_on() {
     crt_tests::init!();
@@ -141,4 +163,13 @@ fn tcp_peer_outside_is_refused_and_both_run_on() {
             w.terminate_and_check();
         }
     }
+}
+
+/// Half-closed connections (FIN_WAIT2 / CLOSE_WAIT with bytes unread, a
+/// FIN queued behind bytes never sent, SHUT_RD): the same states, bytes and
+/// EOFs after the restore.
+#[test]
+fn tcp_half_closed_connections() {
+    crt_tests::init!();
+    Forest::spawn(&["tcp_states"]).roundtrip();
 }

@@ -75,6 +75,7 @@ as_user! {
     sysv_shm_as_user: "sysv_shm", "SysV shared memory segments the user created and locked.";
     sysv_ipc_as_user: "sysv_ipc", "SysV message queues and semaphores the user created.";
     tree_pipes_as_user: "tree_pipes", "A tree of processes joined by pipes.";
+    tcp_states_as_user: "tcp_states", "Half-closed TCP connections (repair mode on sockets of another user).";
     threads4_as_user: "threads4", "Threads.";
     thread_timers_as_user: "thread_timers", "POSIX timers that notify a thread.";
     zombies_as_user: "zombies", "Zombies with their process groups and statuses.";

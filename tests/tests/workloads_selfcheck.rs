@@ -676,6 +676,16 @@ fn stream_link_tcp_detects_a_gap_and_a_changed_option() {
 }
 
 #[test]
+fn tcp_states_passes() {
+    selfcheck("tcp_states");
+}
+
+#[test]
+fn tcp_states_detects_a_lost_byte() {
+    sabotaged("tcp_states", "b2 read");
+}
+
+#[test]
 fn unix_backlog_passes() {
     selfcheck("unix_backlog");
 }

@@ -29,6 +29,7 @@ mod pipe;
 mod regfile;
 mod shmem;
 mod signalfd;
+mod sockfilter;
 pub mod sysvshm;
 mod timerfd;
 mod tty;

@@ -1,6 +1,7 @@
-//! `inet_diag`: every TCP socket of crt's network namespace (IPv4 and
-//! IPv6), with its state, addresses, owner inode and shutdown state, so
-//! the dump can tell whether the other end of a connection is in the forest.
+//! `inet_diag`: every TCP or UDP socket of crt's network namespace (IPv4
+//! and IPv6), with its state, addresses, owner inode and shutdown state, so
+//! the dump can tell whether the other end of a connection is in the forest
+//! and which way a socket was shut.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -41,9 +42,9 @@ pub fn state_name(s: u32) -> &'static str {
     }
 }
 
-/// One TCP socket.
+/// One TCP (or UDP) socket.
 #[derive(Debug, Clone)]
-pub struct Tcp {
+pub struct Sock {
     /// Socket inode; 0 for a connection no fd holds (not yet accepted, orphaned, TIME_WAIT).
     pub ino: u64,
     pub state: u32,
@@ -64,7 +65,7 @@ fn ip(family: u8, b: &[u8]) -> IpAddr {
     v6.to_ipv4_mapped().map(Into::into).unwrap_or(v6.into())
 }
 
-fn parse(m: &[u8]) -> Option<Tcp> {
+fn parse(m: &[u8]) -> Option<Sock> {
     // inet_diag_msg: family, state, timer, retrans, id (48 bytes), expires, rqueue, wqueue, uid, inode.
     if m.len() < 72 {
         return None;
@@ -72,7 +73,7 @@ fn parse(m: &[u8]) -> Option<Tcp> {
     let family = m[0];
     let sport = u16::from_be_bytes([m[4], m[5]]);
     let dport = u16::from_be_bytes([m[6], m[7]]);
-    let mut t = Tcp {
+    let mut t = Sock {
         ino: u32_at(m, 68) as u64,
         state: m[1] as u32,
         local: SocketAddr::new(ip(family, &m[8..24]), sport),
@@ -87,13 +88,14 @@ fn parse(m: &[u8]) -> Option<Tcp> {
     Some(t)
 }
 
-/// Every TCP socket of this network namespace, IPv4 then IPv6.
-pub fn all_tcp() -> Result<Vec<Tcp>, String> {
+/// Every socket of `protocol` (`IPPROTO_TCP`, `IPPROTO_UDP`) of this
+/// network namespace, IPv4 then IPv6.
+pub fn all(protocol: i32) -> Result<Vec<Sock>, String> {
     let mut out = Vec::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
         let mut req = Vec::with_capacity(56);
         req.push(family as u8); // sdiag_family
-        req.push(libc::IPPROTO_TCP as u8); // sdiag_protocol
+        req.push(protocol as u8); // sdiag_protocol
         req.push(0); // idiag_ext
         req.push(0); // pad
         req.extend_from_slice(&u32::MAX.to_ne_bytes()); // idiag_states: all

@@ -31,8 +31,9 @@ struct DumpState {
     pids: Vec<i32>,
     /// Socket inodes held by the forest.
     forest: HashSet<u64>,
-    /// Every TCP socket of the namespace, read once the forest is frozen.
-    tcp: Vec<diag::Tcp>,
+    /// Every TCP and UDP socket of the namespace, read once the forest is frozen.
+    tcp: Vec<diag::Sock>,
+    udp: Vec<diag::Sock>,
 }
 
 /// `socket:[…]` of family AF_INET or AF_INET6 (asked after the unix handler).
@@ -47,9 +48,9 @@ inventory::submit! { Builtin { priority: 140, make: || boxed(Inet::default()) } 
 
 impl DumpState {
     /// Refuses a connection whose other end the forest does not hold.
-    fn check_peer(&self, fd: &FdDesc, me: &diag::Tcp) -> Result<(), String> {
+    fn check_peer(&self, fd: &FdDesc, me: &diag::Sock) -> Result<(), String> {
         let what = format!("a TCP connection {} -> {} ({})", me.local, me.remote, diag::state_name(me.state));
-        let candidates: Vec<&diag::Tcp> =
+        let candidates: Vec<&diag::Sock> =
             self.tcp.iter().filter(|t| t.local == me.remote && t.remote == me.local && t.ino != me.ino).collect();
         if candidates.iter().any(|t| t.ino != 0 && self.forest.contains(&t.ino)) {
             return Ok(());
@@ -78,7 +79,7 @@ impl DumpState {
     }
 
     /// The `inet_diag` entry of a connection fd, checked for a state crt rebuilds and a peer in the forest.
-    fn connection(&self, fd: &FdDesc) -> Result<&diag::Tcp, String> {
+    fn connection(&self, fd: &FdDesc) -> Result<&diag::Sock, String> {
         let me = self
             .tcp
             .iter()
@@ -129,6 +130,7 @@ impl Inet {
         let listening = getint(b, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? == 1;
         let mut backlog = 0;
         let mut conn = None;
+        let mut shutdown = 0;
         if typ == libc::SOCK_STREAM && listening {
             backlog = listener_backlog(&s)?;
         } else if typ == libc::SOCK_STREAM {
@@ -142,6 +144,9 @@ impl Inet {
                         .into(),
                 );
             }
+            let st = self.dump.lock().map_err(|_| "inet dump state poisoned".to_string())?;
+            let st = st.as_ref().ok_or("inet: no dump in progress")?;
+            shutdown = st.udp.iter().find(|u| u.ino == fd.ino).map_or(0, |u| u.shutdown as u32);
         } else {
             return Err(format!("an IP socket of type {typ}; crt handles TCP and UDP sockets"));
         }
@@ -160,6 +165,8 @@ impl Inet {
             raw_options,
             buffers,
             conn,
+            filter: super::sockfilter::dump(b)?,
+            shutdown,
         })
     }
 
@@ -175,6 +182,9 @@ impl Inet {
         sockopt::apply(b, &m.options, &m.raw_options)?;
         if let Some(c) = &m.conn {
             let p = tcp::restore(&s, m, c)?;
+            if let Some(f) = &m.filter {
+                super::sockfilter::restore(b, f)?;
+            }
             self.pending.lock().map_err(|_| "inet restore state poisoned".to_string())?.push(p);
             return Ok(s.into_raw_fd());
         }
@@ -191,8 +201,31 @@ impl Inet {
         if !m.peer.is_empty() {
             sockopt::bind_or_connect(b, &m.peer, true).map_err(|e| format!("connecting the UDP socket again: {e}"))?;
         }
+        if let Some(f) = &m.filter {
+            super::sockfilter::restore(b, f)?;
+        }
+        shut(&s, m.shutdown)?;
         Ok(s.into_raw_fd())
     }
+}
+
+/// `shutdown(2)` a UDP socket the way it was (`how`: 1 read, 2 write); an
+/// unconnected one says ENOTCONN but is shut all the same.
+fn shut(s: &OwnedFd, how: u32) -> Result<(), String> {
+    let how = match how & 3 {
+        0 => return Ok(()),
+        1 => libc::SHUT_RD,
+        2 => libc::SHUT_WR,
+        _ => libc::SHUT_RDWR,
+    };
+    // SAFETY: shutdown takes integers only.
+    if unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(s), how) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOTCONN) {
+            return Err(format!("shutdown again: {e}"));
+        }
+    }
+    Ok(())
 }
 
 /// Binds `s` to its address. A connection accepted from a listener shares
@@ -245,7 +278,8 @@ impl Handler for Inet {
             let st = DumpState {
                 pids: pids.to_vec(),
                 forest: crate::sockdiag::forest_sockets(pids.as_slice()),
-                tcp: diag::all_tcp()?,
+                tcp: diag::all(libc::IPPROTO_TCP)?,
+                udp: diag::all(libc::IPPROTO_UDP)?,
             };
             *self.dump.lock().map_err(|_| "inet dump state poisoned".to_string())? = Some(st);
             Ok(())

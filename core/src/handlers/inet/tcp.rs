@@ -111,7 +111,7 @@ fn peek_queue(fd: BorrowedFd<'_>, q: i32, len: usize) -> Result<Vec<u8>, String>
 }
 
 /// Reads a connection already in repair mode. `d` is its `inet_diag` entry.
-fn read(fd: BorrowedFd<'_>, d: &diag::Tcp) -> Result<pb::TcpConn, String> {
+fn read(fd: BorrowedFd<'_>, d: &diag::Sock) -> Result<pb::TcpConn, String> {
     let info = get_bytes(fd, TCP, libc::TCP_INFO, 8)?;
     let (options, wscale) = (info.get(5).copied().unwrap_or(0), info.get(6).copied().unwrap_or(0));
     let shut_wr = d.shutdown & 2 != 0;
@@ -164,7 +164,7 @@ fn read(fd: BorrowedFd<'_>, d: &diag::Tcp) -> Result<pb::TcpConn, String> {
 
 /// Dumps the connection `s` (crt's copy of the task's fd): puts it in
 /// repair mode (kept until [`end_repair`]) and reads it.
-pub fn dump(s: &OwnedFd, d: &diag::Tcp) -> Result<pb::TcpConn, String> {
+pub fn dump(s: &OwnedFd, d: &diag::Sock) -> Result<pb::TcpConn, String> {
     let fd = s.as_fd();
     let keep = s.try_clone().map_err(|e| format!("keeping the connection: {e}"))?;
     let reuse = getint(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;

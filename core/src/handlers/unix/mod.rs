@@ -366,6 +366,7 @@ fn record(
     img.sndbuf = queue::get_int(b, libc::SO_SNDBUF)?;
     img.rcvbuf = queue::get_int(b, libc::SO_RCVBUF)?;
     img.peek_off = queue::get_int(b, libc::SO_PEEK_OFF)?;
+    img.filter = super::sockfilter::dump(b)?;
     if s.state != diag::TCP_LISTEN {
         let msgs = queue::peek_all(b, s.typ as i32 == libc::SOCK_STREAM, s.shutdown & 1 != 0)
             .map_err(|m| format!("reading the receive queue of socket:[{}]: {m}", s.ino))?;
@@ -629,6 +630,9 @@ impl Made {
         }
         if s.peek_off >= 0 {
             queue::set_int(fd, libc::SO_PEEK_OFF, s.peek_off)?;
+        }
+        if let Some(f) = &s.filter {
+            super::sockfilter::restore(fd, f)?;
         }
         let out = fd.try_clone_to_owned().map_err(|e| format!("dup: {e}"))?;
         queue::fcntl(out.as_fd(), libc::F_SETFL, s.flags as i32 & libc::O_NONBLOCK)?;
