@@ -50,6 +50,7 @@ pub const C_WORKLOADS: &[&str] = &[
     "unix_spair",
     "stream_link",
     "tcp_states",
+    "tcp_fan",
     "unix_backlog",
     "unix_dgram",
     "unix_fan",
@@ -77,7 +78,8 @@ pub const C_WORKLOADS: &[&str] = &[
 /// Launcher workloads (also in [`C_WORKLOADS`]): each forks the listed
 /// roles and exits, so they are re-parented to the harness (a subreaper)
 /// as separate roots; see [`Workload::spawn_group`].
-pub const LAUNCHERS: &[(&str, &[&str])] = &[("pipe_pair", &["w", "r"]), ("stream_link", &["s", "c"])];
+pub const LAUNCHERS: &[(&str, &[&str])] =
+    &[("pipe_pair", &["w", "r"]), ("stream_link", &["s", "c"]), ("tcp_fan", &["s", "c"])];
 
 /// A non-root process of a workload's tree, as listed by the workload in
 /// `<workdir>/pids` (lines `<role> <pid> <ppid>`).

@@ -173,3 +173,11 @@ fn tcp_half_closed_connections() {
     crt_tests::init!();
     Forest::spawn(&["tcp_states"]).roundtrip();
 }
+
+/// 300 connections between a server tree and a client tree, 4 KiB queued
+/// unread each way on each: every byte comes back and each still works.
+#[test]
+fn many_tcp_connections_between_two_trees() {
+    crt_tests::init!();
+    Forest::from_workloads(Workload::spawn_group_with_env("tcp_fan", &[("CRT_TCP_CONNS", "300")])).roundtrip();
+}

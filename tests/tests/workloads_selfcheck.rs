@@ -676,6 +676,13 @@ fn stream_link_tcp_detects_a_gap_and_a_changed_option() {
 }
 
 #[test]
+fn tcp_fan_passes_and_detects_a_lost_byte() {
+    let ws = selfcheck_group("tcp_fan");
+    assert_eq!(ws.len(), 2);
+    sabotaged_group("tcp_fan", 0, "S: bytes of connection 0 differ");
+}
+
+#[test]
 fn tcp_states_passes() {
     selfcheck("tcp_states");
 }

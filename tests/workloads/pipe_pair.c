@@ -33,27 +33,6 @@
 #define AFTER_STALL_MIN 5
 #define MIN_BUFFERED 4096
 
-static void setup(const char *sub, const char *root_dir, const char *role)
-{
-	wl_role = role;
-	static char dir[4096];
-	snprintf(dir, sizeof(dir), "%s/%s", root_dir, sub);
-	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-		wl_die("mkdir %s", dir);
-	wl_dir = dir;
-	wl_pid = getpid();
-	int log = open(wl_path("out.log"), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-	if (log < 0 || dup2(log, 1) != 1 || dup2(log, 2) != 2)
-		wl_die("log");
-	close(log);
-	char buf[32];
-	int n = snprintf(buf, sizeof(buf), "%d\n", (int)wl_pid);
-	int fd = open(wl_path("pid.tmp"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0 || write(fd, buf, (size_t)n) != n || close(fd) != 0 ||
-	    rename(wl_path("pid.tmp"), wl_path("pid")) != 0)
-		wl_die("pid file");
-}
-
 static void writer(int fd)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -205,7 +184,7 @@ int main(int argc, char **argv)
 		wl_die("fork W");
 	if (w == 0) {
 		close(p[0]);
-		setup("w", root_dir, "W");
+		wl_launch_role("w", root_dir, "W");
 		writer(p[1]);
 	}
 	pid_t r = fork();
@@ -213,7 +192,7 @@ int main(int argc, char **argv)
 		wl_die("fork R");
 	if (r == 0) {
 		close(p[1]);
-		setup("r", root_dir, "R");
+		wl_launch_role("r", root_dir, "R");
 		reader(p[0]);
 	}
 	wl_printf("LAUNCHED w=%d r=%d\n", (int)w, (int)r);

@@ -47,27 +47,6 @@
 
 static int seqpacket, may_go, tcp_kind;
 
-static void setup(const char *sub, const char *root_dir, const char *role)
-{
-	wl_role = role;
-	static char dir[4096];
-	snprintf(dir, sizeof(dir), "%s/%s", root_dir, sub);
-	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-		wl_die("mkdir %s", dir);
-	wl_dir = dir;
-	wl_pid = getpid();
-	int log = open(wl_path("out.log"), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-	if (log < 0 || dup2(log, 1) != 1 || dup2(log, 2) != 2)
-		wl_die("log");
-	close(log);
-	char buf[32];
-	int n = snprintf(buf, sizeof(buf), "%d\n", (int)wl_pid);
-	int fd = open(wl_path("pid.tmp"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0 || write(fd, buf, (size_t)n) != n || close(fd) != 0 ||
-	    rename(wl_path("pid.tmp"), wl_path("pid")) != 0)
-		wl_die("pid file");
-}
-
 /* TCP options set on both ends, checked again at the end. */
 static void tcp_opts(int fd, int check)
 {
@@ -222,7 +201,7 @@ static void tcp_link(const char *root_dir, const char *kind)
 	if (s < 0)
 		wl_die("fork S");
 	if (s == 0) {
-		setup("s", root_dir, "S");
+		wl_launch_role("s", root_dir, "S");
 		int c = accept4(l, NULL, NULL, SOCK_CLOEXEC);
 		if (c < 0)
 			wl_die("accept");
@@ -234,7 +213,7 @@ static void tcp_link(const char *root_dir, const char *kind)
 	if (c < 0)
 		wl_die("fork C");
 	if (c == 0) {
-		setup("c", root_dir, "C");
+		wl_launch_role("c", root_dir, "C");
 		struct sockaddr_storage to;
 		memset(&to, 0, sizeof to);
 		socklen_t tl;
@@ -295,7 +274,7 @@ int main(int argc, char **argv)
 	if (s < 0)
 		wl_die("fork S");
 	if (s == 0) {
-		setup("s", root_dir, "S");
+		wl_launch_role("s", root_dir, "S");
 		int c = accept4(l, NULL, NULL, SOCK_CLOEXEC);
 		if (c < 0)
 			wl_die("accept");
@@ -306,7 +285,7 @@ int main(int argc, char **argv)
 	if (c < 0)
 		wl_die("fork C");
 	if (c == 0) {
-		setup("c", root_dir, "C");
+		wl_launch_role("c", root_dir, "C");
 		int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
 		if (fd < 0 || connect(fd, (struct sockaddr *)&a, alen) != 0)
 			wl_die("connect");

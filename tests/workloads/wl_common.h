@@ -322,6 +322,31 @@ __attribute__((noreturn, unused)) static void wl_child_exit(void)
 }
 
 /*
+ * A launcher's role process: works in ROOT_DIR/SUB (made here) with its own
+ * out.log and pid file, as the harness's spawn_group expects.
+ */
+static __attribute__((unused)) void wl_launch_role(const char *sub, const char *root_dir, const char *role)
+{
+	wl_role = role;
+	static char dir[4096];
+	snprintf(dir, sizeof(dir), "%s/%s", root_dir, sub);
+	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+		wl_die("mkdir %s", dir);
+	wl_dir = dir;
+	wl_pid = getpid();
+	int log = open(wl_path("out.log"), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	if (log < 0 || dup2(log, 1) != 1 || dup2(log, 2) != 2)
+		wl_die("log");
+	close(log);
+	char buf[32];
+	int n = snprintf(buf, sizeof(buf), "%d\n", (int)wl_pid);
+	int fd = open(wl_path("pid.tmp"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0 || write(fd, buf, (size_t)n) != n || close(fd) != 0 ||
+	    rename(wl_path("pid.tmp"), wl_path("pid")) != 0)
+		wl_die("pid file");
+}
+
+/*
  * Appends "<role> <pid> <ppid>\n" to <workdir>/pids (one write on an O_APPEND
  * fd, so concurrent writers do not mix).  The harness reads it to find and
  * check the non-root processes of a tree.

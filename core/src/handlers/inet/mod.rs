@@ -98,14 +98,34 @@ impl DumpState {
     }
 }
 
-/// For a listener, TCP_INFO's unacked is the accept queue and sacked its limit.
-fn listener_backlog(s: &OwnedFd) -> Result<i32, String> {
+/// A TCP socket `inet_diag` does not list is in state CLOSE: new (maybe
+/// bound), or a connection that ended. Only the first is restored (a new
+/// socket, bound again if it was); an ended one (reads EOF, writes EPIPE)
+/// is refused. `tcpi_rcv_mss` is set when a connection is made.
+fn never_connected(s: &OwnedFd) -> Result<(), String> {
+    let info = tcp_info(s)?;
+    if info.tcpi_state as u32 != diag::state::CLOSE || info.tcpi_rcv_mss != 0 {
+        return Err(format!(
+            "a TCP socket in state {} that inet_diag does not list (a connection that ended); crt cannot rebuild it",
+            diag::state_name(info.tcpi_state as u32)
+        ));
+    }
+    Ok(())
+}
+
+fn tcp_info(s: &OwnedFd) -> Result<libc::tcp_info, String> {
     let info = sockopt::get_bytes(s.as_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, size_of::<libc::tcp_info>())?;
     // SAFETY: all-zero is a valid tcp_info.
     let mut t: libc::tcp_info = unsafe { std::mem::zeroed() };
     let n = info.len().min(size_of::<libc::tcp_info>());
     // SAFETY: copies `n` bytes into `t`, which has room for them.
     unsafe { std::ptr::copy_nonoverlapping(info.as_ptr(), (&mut t as *mut libc::tcp_info).cast::<u8>(), n) };
+    Ok(t)
+}
+
+/// For a listener, TCP_INFO's unacked is the accept queue and sacked its limit.
+fn listener_backlog(s: &OwnedFd) -> Result<i32, String> {
+    let t = tcp_info(s)?;
     if t.tcpi_unacked > 0 {
         return Err(format!(
             "a TCP listener with {} connection(s) waiting to be accepted; crt cannot restore them — retry when they are accepted",
@@ -136,7 +156,11 @@ impl Inet {
         } else if typ == libc::SOCK_STREAM {
             let st = self.dump.lock().map_err(|_| "inet dump state poisoned".to_string())?;
             let st = st.as_ref().ok_or("inet: no dump in progress")?;
-            conn = Some(tcp::dump(&s, st.connection(fd)?)?);
+            if st.tcp.iter().any(|t| t.ino == fd.ino && t.state != diag::state::CLOSE) {
+                conn = Some(tcp::dump(&s, st.connection(fd)?)?);
+            } else {
+                never_connected(&s)?;
+            }
         } else if typ == libc::SOCK_DGRAM {
             if sockopt::ioctl_int(b, libc::FIONREAD)? > 0 {
                 return Err(
@@ -149,6 +173,17 @@ impl Inet {
             shutdown = st.udp.iter().find(|u| u.ino == fd.ino).map_or(0, |u| u.shutdown as u32);
         } else {
             return Err(format!("an IP socket of type {typ}; crt handles TCP and UDP sockets"));
+        }
+        if !sockopt::get_bytes(b, libc::IPPROTO_IP, libc::IP_OPTIONS, 40).unwrap_or_default().is_empty() {
+            return Err("it has IP options (IP_OPTIONS); crt does not restore them".into());
+        }
+        let ext = [libc::IPV6_HOPOPTS, libc::IPV6_RTHDR, libc::IPV6_DSTOPTS, libc::IPV6_RTHDRDSTOPTS];
+        if family == libc::AF_INET6
+            && ext.iter().any(|&o| !sockopt::get_bytes(b, libc::IPPROTO_IPV6, o, 256).unwrap_or_default().is_empty())
+        {
+            return Err(
+                "it has IPv6 extension headers (IPV6_HOPOPTS, RTHDR or DSTOPTS); crt does not restore them".into()
+            );
         }
         let (options, raw_options, buffers) = sockopt::read_all(b, family, typ == libc::SOCK_STREAM);
         let connected = typ == libc::SOCK_DGRAM || conn.is_some();
@@ -189,7 +224,8 @@ impl Inet {
             return Ok(s.into_raw_fd());
         }
         sockopt::apply_buffers(b, &m.buffers)?;
-        if !m.local.is_empty() {
+        // Port 0: never bound (a bind always gets a port).
+        if sockopt::show_addr(&m.local).is_some_and(|a| a.port() != 0) {
             bind_listener_port(&s, m).map_err(|e| format!("binding the socket to its address again: {e}"))?;
         }
         if m.listening {
@@ -230,7 +266,8 @@ fn shut(s: &OwnedFd, how: u32) -> Result<(), String> {
 
 /// Binds `s` to its address. A connection accepted from a listener shares
 /// its port; restored first (repair mode binds regardless), it makes the
-/// listener's bind fail unless `SO_REUSEADDR` is on for the bind only.
+/// listener's bind fail unless `SO_REUSEADDR` is on for the bind only. An
+/// address bound with `IP_FREEBIND`, since turned off, binds with it on.
 fn bind_listener_port(s: &OwnedFd, m: &pb::InetSocket) -> std::io::Result<()> {
     let b = s.as_fd();
     match sockopt::bind_or_connect(b, &m.local, false) {
@@ -246,6 +283,13 @@ fn bind_listener_port(s: &OwnedFd, m: &pb::InetSocket) -> std::io::Result<()> {
                 unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(s), m.backlog.max(1)) };
             }
             sockopt::setint(b, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0).map_err(std::io::Error::other)?;
+            r
+        }
+        // Bound with IP_FREEBIND, turned off since: free binding for the bind only.
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+            sockopt::setint(b, libc::IPPROTO_IP, libc::IP_FREEBIND, 1).map_err(std::io::Error::other)?;
+            let r = sockopt::bind_or_connect(b, &m.local, false);
+            sockopt::setint(b, libc::IPPROTO_IP, libc::IP_FREEBIND, 0).map_err(std::io::Error::other)?;
             r
         }
         r => r,

@@ -40,8 +40,12 @@ pub const RAW: [(i32, i32); 4] = [
 /// `TCP_CONGESTION`, set when it is not the system's default.
 pub const CONGESTION: (i32, i32) = (libc::IPPROTO_TCP, libc::TCP_CONGESTION);
 
-/// The buffer sizes, as getsockopt reads them.
-pub const BUFFERS: [(i32, i32); 2] = [(libc::SOL_SOCKET, libc::SO_SNDBUF), (libc::SOL_SOCKET, libc::SO_RCVBUF)];
+/// `SO_BUF_LOCK`: which buffer sizes the task set (the others autotune).
+pub const SO_BUF_LOCK: i32 = 72;
+
+/// The buffer sizes, as getsockopt reads them, then `SO_BUF_LOCK`.
+pub const BUFFERS: [(i32, i32); 3] =
+    [(libc::SOL_SOCKET, libc::SO_SNDBUF), (libc::SOL_SOCKET, libc::SO_RCVBUF), (libc::SOL_SOCKET, SO_BUF_LOCK)];
 
 fn os_err(what: impl std::fmt::Display) -> String {
     format!("{what}: {}", std::io::Error::last_os_error())
@@ -171,10 +175,21 @@ pub fn read_all(
     if tcp {
         ints.extend(TCP_INTS.iter().filter_map(int));
     }
+    // IP_FREEBIND and IP_TRANSPARENT come before bind: an address not (yet) on the host binds again.
     let ip = if family == libc::AF_INET6 {
-        [(libc::IPPROTO_IPV6, libc::IPV6_TCLASS), (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS)]
+        [
+            (libc::IPPROTO_IPV6, libc::IPV6_TCLASS),
+            (libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS),
+            (libc::IPPROTO_IP, libc::IP_FREEBIND),
+            (libc::IPPROTO_IP, libc::IP_TRANSPARENT),
+        ]
     } else {
-        [(libc::IPPROTO_IP, libc::IP_TOS), (libc::IPPROTO_IP, libc::IP_TTL)]
+        [
+            (libc::IPPROTO_IP, libc::IP_TOS),
+            (libc::IPPROTO_IP, libc::IP_TTL),
+            (libc::IPPROTO_IP, libc::IP_FREEBIND),
+            (libc::IPPROTO_IP, libc::IP_TRANSPARENT),
+        ]
     };
     ints.extend(ip.iter().filter_map(int));
     let raw_of = |&(level, name): &(i32, i32)| {
@@ -208,9 +223,15 @@ pub fn apply(fd: BorrowedFd<'_>, ints: &[pb::SockOpt], raw: &[pb::RawSockOpt]) -
 }
 
 /// Sets the buffer sizes getsockopt showed (the kernel doubles what is
-/// set, so half of it, with the `FORCE` variants so no sysctl limit cuts it).
+/// set, so half of it, with the `FORCE` variants so no sysctl limit cuts
+/// it), then `SO_BUF_LOCK` as it was: a size the task never set goes on
+/// autotuning from there.
 pub fn apply_buffers(fd: BorrowedFd<'_>, buffers: &[pb::SockOpt]) -> Result<(), String> {
     for o in buffers {
+        if o.name == SO_BUF_LOCK {
+            setint(fd, o.level, o.name, o.value)?;
+            continue;
+        }
         if getint(fd, o.level, o.name).ok() == Some(o.value) {
             continue;
         }

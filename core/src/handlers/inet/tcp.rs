@@ -191,6 +191,8 @@ pub struct Pending {
     shut_rd: bool,
     /// `SO_REUSEADDR` (leaving repair mode clears it).
     reuse: i32,
+    /// The buffer sizes dumped, set once the bytes never sent are queued.
+    buffers: Vec<pb::SockOpt>,
     /// `local -> remote`, for messages.
     what: String,
 }
@@ -258,7 +260,8 @@ pub fn restore(s: &OwnedFd, m: &pb::InetSocket, c: &pb::TcpConn) -> Result<Pendi
     let bytes: Vec<u8> = opts.iter().flat_map(|v| v.to_ne_bytes()).collect();
     set_bytes(fd, TCP, TCP_REPAIR_OPTIONS, &bytes)?;
     resync_mss(fd, v4);
-    // Room for the queues while they are refilled; the sizes dumped come after.
+    // Room for the queues while they are refilled and the bytes never sent
+    // are queued ([`release`]); the sizes dumped come after that.
     let need = (c.recv_queue.len().max(c.send_queue.len()) * 4).min(i32::MAX as usize) as i32;
     for (now, force) in [(libc::SO_SNDBUF, libc::SO_SNDBUFFORCE), (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE)] {
         if getint(fd, libc::SOL_SOCKET, now)? < need {
@@ -272,7 +275,6 @@ pub fn restore(s: &OwnedFd, m: &pb::InetSocket, c: &pb::TcpConn) -> Result<Pendi
     if let Some(w) = &c.window {
         set_window(fd, c.rcv_seq, w)?;
     }
-    super::sockopt::apply_buffers(fd, &m.buffers)?;
     if c.peek_off >= 0 {
         setint(fd, libc::SOL_SOCKET, SO_PEEK_OFF, c.peek_off)?;
     }
@@ -286,6 +288,7 @@ pub fn restore(s: &OwnedFd, m: &pb::InetSocket, c: &pb::TcpConn) -> Result<Pendi
             .iter()
             .find(|o| o.level == libc::SOL_SOCKET && o.name == libc::SO_REUSEADDR)
             .map_or(0, |o| o.value),
+        buffers: m.buffers.clone(),
         what,
     })
 }
@@ -350,6 +353,7 @@ pub fn release(pending: Vec<Pending>) -> Result<(), String> {
     }
     for p in &pending {
         queue(p.sock.as_fd(), &p.unsent, &p.what)?;
+        super::sockopt::apply_buffers(p.sock.as_fd(), &p.buffers).map_err(|e| format!("{}: {e}", p.what))?;
     }
     for p in &pending {
         for (shut, how) in [(p.shut_wr, libc::SHUT_WR), (p.shut_rd, libc::SHUT_RD)] {
