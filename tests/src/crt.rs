@@ -565,3 +565,18 @@ pub fn stats_field(path: &Path, key: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(f64::NAN)
 }
+
+/// After a dump that was refused: no file was left in `img`, and every
+/// workload runs on untraced and, once terminated, passes its own checks.
+pub fn assert_refusal_left_all_running(ws: &[Workload], img: &Path) {
+    let snap = DirSnapshot::take(img);
+    assert!(snap.is_empty(), "a refused dump left files: {snap:?}");
+    for w in ws {
+        w.assert_alive("after the refused dump");
+        assert_eq!(process::proc_status_field(w.pid(), "TracerPid").as_deref(), Some("0"));
+    }
+    std::thread::sleep(RUN_AFTER_RESTORE);
+    for w in ws {
+        w.terminate_and_check();
+    }
+}

@@ -79,8 +79,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 pub use crate::crt::{
-    crt, crt_env, crt_path, crt_with_timeout, dump, dump_env, roundtrip, stats_field, tree_arg, CrtOutput, Forest,
-    Restored, RUN_AFTER_RESTORE, RUN_BEFORE_DUMP,
+    assert_refusal_left_all_running, crt, crt_env, crt_path, crt_with_timeout, dump, dump_env, roundtrip, stats_field,
+    tree_arg, CrtOutput, Forest, Restored, RUN_AFTER_RESTORE, RUN_BEFORE_DUMP,
 };
 pub use crate::dirs::TestDir;
 pub use crate::images::{assert_image_files, flip_bytes_in_middle, task_image, truncate_to_half, DirSnapshot};

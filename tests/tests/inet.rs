@@ -11,8 +11,7 @@ use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
 use crt_tests::{
-    dump, dump_env, proc_status_field, DirSnapshot, Forest, Restored, TestDir, Workload, READY_TIMEOUT,
-    RUN_AFTER_RESTORE, RUN_BEFORE_DUMP,
+    dump, dump_env, DirSnapshot, Forest, Restored, TestDir, Workload, READY_TIMEOUT, RUN_AFTER_RESTORE, RUN_BEFORE_DUMP,
 };
 
 fn ports(w: &Workload) -> (u16, u16) {
@@ -152,16 +151,7 @@ fn tcp_peer_outside_is_refused_and_both_run_on() {
             .assert_stderr_contains("TCP connection")
             .assert_stderr_mentions_number(ws[1 - dumped].pid())
             .assert_stderr_contains("--tree");
-        let snap = DirSnapshot::take(img.path());
-        assert!(snap.is_empty(), "a refused dump left files: {snap:?}");
-        for w in &ws {
-            w.assert_alive("after the refused dump");
-            assert_eq!(proc_status_field(w.pid(), "TracerPid").as_deref(), Some("0"));
-        }
-        std::thread::sleep(RUN_AFTER_RESTORE);
-        for w in &ws {
-            w.terminate_and_check();
-        }
+        crt_tests::assert_refusal_left_all_running(&ws, img.path());
     }
 }
 

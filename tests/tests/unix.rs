@@ -163,16 +163,7 @@ fn peer_outside_is_refused_and_both_run_on() {
             .assert_stderr_mentions_number(ws[1 - dumped].pid())
             .assert_stderr_contains("unix:external=close")
             .assert_stderr_contains("--tree");
-        let snap = DirSnapshot::take(img.path());
-        assert!(snap.is_empty(), "a refused dump left files: {snap:?}");
-        for w in &ws {
-            w.assert_alive("after the refused dump");
-            assert_eq!(proc_status_field(w.pid(), "TracerPid").as_deref(), Some("0"));
-        }
-        std::thread::sleep(RUN_AFTER_RESTORE);
-        for w in &ws {
-            w.terminate_and_check();
-        }
+        crt_tests::assert_refusal_left_all_running(&ws, img.path());
     }
 }
 

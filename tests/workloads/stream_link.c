@@ -176,6 +176,39 @@ static void run(const char *who, int fd)
 	wl_finish();
 }
 
+/* Forks S (accepts one connection on listener l) and C (connects to
+ * `to`), each running the exchange, and exits. */
+static void launch(const char *root_dir, int l, struct sockaddr *to, socklen_t tl, int type)
+{
+	pid_t s = fork();
+	if (s < 0)
+		wl_die("fork S");
+	if (s == 0) {
+		wl_launch_role("s", root_dir, "S");
+		int c = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0)
+			wl_die("accept");
+		if (tcp_kind)
+			tcp_opts(c, 0);
+		run("S", c);
+	}
+	close(l);
+	pid_t c = fork();
+	if (c < 0)
+		wl_die("fork C");
+	if (c == 0) {
+		wl_launch_role("c", root_dir, "C");
+		int fd = socket(to->sa_family, type | SOCK_CLOEXEC, 0);
+		if (fd < 0 || connect(fd, to, tl) != 0)
+			wl_die("connect");
+		if (tcp_kind)
+			tcp_opts(fd, 0);
+		run("C", fd);
+	}
+	wl_printf("LAUNCHED s=%d c=%d\n", (int)s, (int)c);
+	exit(0);
+}
+
 static void tcp_link(const char *root_dir, const char *kind)
 {
 	int v6l = strcmp(kind, "tcp4") != 0, v6c = strcmp(kind, "tcp6") == 0;
@@ -197,47 +230,23 @@ static void tcp_link(const char *root_dir, const char *kind)
 	if (l < 0 || bind(l, (struct sockaddr *)&ss, sl) || listen(l, 4) || getsockname(l, (struct sockaddr *)&ss, &sl))
 		wl_die("listen on %s", kind);
 	uint16_t port = ntohs(v6l ? ((struct sockaddr_in6 *)&ss)->sin6_port : ((struct sockaddr_in *)&ss)->sin_port);
-	pid_t s = fork();
-	if (s < 0)
-		wl_die("fork S");
-	if (s == 0) {
-		wl_launch_role("s", root_dir, "S");
-		int c = accept4(l, NULL, NULL, SOCK_CLOEXEC);
-		if (c < 0)
-			wl_die("accept");
-		tcp_opts(c, 0);
-		run("S", c);
+	struct sockaddr_storage to;
+	memset(&to, 0, sizeof to);
+	socklen_t tl;
+	if (v6c) {
+		struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&to;
+		a6->sin6_family = AF_INET6;
+		a6->sin6_addr = in6addr_loopback;
+		a6->sin6_port = htons(port);
+		tl = sizeof *a6;
+	} else {
+		struct sockaddr_in *a4 = (struct sockaddr_in *)&to;
+		a4->sin_family = AF_INET;
+		a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		a4->sin_port = htons(port);
+		tl = sizeof *a4;
 	}
-	close(l);
-	pid_t c = fork();
-	if (c < 0)
-		wl_die("fork C");
-	if (c == 0) {
-		wl_launch_role("c", root_dir, "C");
-		struct sockaddr_storage to;
-		memset(&to, 0, sizeof to);
-		socklen_t tl;
-		if (v6c) {
-			struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&to;
-			a6->sin6_family = AF_INET6;
-			a6->sin6_addr = in6addr_loopback;
-			a6->sin6_port = htons(port);
-			tl = sizeof *a6;
-		} else {
-			struct sockaddr_in *a4 = (struct sockaddr_in *)&to;
-			a4->sin_family = AF_INET;
-			a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-			a4->sin_port = htons(port);
-			tl = sizeof *a4;
-		}
-		int fd = socket(to.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (fd < 0 || connect(fd, (struct sockaddr *)&to, tl) != 0)
-			wl_die("connect");
-		tcp_opts(fd, 0);
-		run("C", fd);
-	}
-	wl_printf("LAUNCHED s=%d c=%d\n", (int)s, (int)c);
-	exit(0);
+	launch(root_dir, l, (struct sockaddr *)&to, tl, SOCK_STREAM);
 }
 
 int main(int argc, char **argv)
@@ -270,27 +279,6 @@ int main(int argc, char **argv)
 	int l = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
 	if (l < 0 || bind(l, (struct sockaddr *)&a, alen) != 0 || listen(l, 4) != 0)
 		wl_die("listen on %s", kind);
-	pid_t s = fork();
-	if (s < 0)
-		wl_die("fork S");
-	if (s == 0) {
-		wl_launch_role("s", root_dir, "S");
-		int c = accept4(l, NULL, NULL, SOCK_CLOEXEC);
-		if (c < 0)
-			wl_die("accept");
-		run("S", c);
-	}
-	close(l);
-	pid_t c = fork();
-	if (c < 0)
-		wl_die("fork C");
-	if (c == 0) {
-		wl_launch_role("c", root_dir, "C");
-		int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
-		if (fd < 0 || connect(fd, (struct sockaddr *)&a, alen) != 0)
-			wl_die("connect");
-		run("C", fd);
-	}
-	wl_printf("LAUNCHED s=%d c=%d\n", (int)s, (int)c);
+	launch(root_dir, l, (struct sockaddr *)&a, alen, type);
 	return 0;
 }

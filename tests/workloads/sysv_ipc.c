@@ -26,7 +26,7 @@ struct msg {
 	char mtext[BIG];
 };
 
-static int send(int q, long type, const char *data, size_t len)
+static int msg_send(int q, long type, const char *data, size_t len)
 {
 	struct msg m = { .mtype = type };
 	memcpy(m.mtext, data, len);
@@ -59,10 +59,10 @@ int main(int argc, char **argv)
 	static char big[BIG];
 	for (int i = 0; i < BIG; i++)
 		big[i] = (char)wl_mix((uint64_t)i);
-	if (send(q1, 1, "first", 5) || send(q1, 7, big, BIG) || send(q1, 2, "", 0))
+	if (msg_send(q1, 1, "first", 5) || msg_send(q1, 7, big, BIG) || msg_send(q1, 2, "", 0))
 		wl_die("msgsnd Q1");
 	struct msg m;
-	if (send(q2, 3, "gone", 4) || msgrcv(q2, &m, BIG, 0, IPC_NOWAIT) != 4)
+	if (msg_send(q2, 3, "gone", 4) || msgrcv(q2, &m, BIG, 0, IPC_NOWAIT) != 4)
 		wl_die("msgsnd/msgrcv Q2");
 	struct msqid_ds qd;
 	if (msgctl(q2, IPC_STAT, &qd) != 0)

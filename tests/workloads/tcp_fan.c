@@ -1,7 +1,7 @@
 /*
  * tcp_fan: a launcher.  A server S and a client C, two separate roots, with
  * CRT_TCP_CONNS (default 100, at most 1000) TCP connections between them
- * on 127.0.0.1, QBYTES queued unread in each direction of each.  At SIGTERM
+ * on 127.0.0.1, WL_QBYTES queued unread in each direction of each.  At SIGTERM
  * each side checks the bytes of every connection, then sends one byte on
  * each (the connections still work).  For the
  * TCP benchmark and the many-connections test.
@@ -13,38 +13,10 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 
-#define QBYTES 4096
 #define MAXC 1000
 
 static int n;
 static int conns[MAXC];
-
-static unsigned char pat(int id, size_t i) { return (unsigned char)wl_mix((uint64_t)id * 31337 + i); }
-
-static void fill(int fd, int id)
-{
-	unsigned char buf[QBYTES];
-	for (size_t i = 0; i < QBYTES; i++)
-		buf[i] = pat(id, i);
-	if (write(fd, buf, QBYTES) != QBYTES)
-		wl_die("fill");
-}
-
-static int check(int fd, int id)
-{
-	unsigned char buf[QBYTES];
-	size_t have = 0;
-	while (have < QBYTES) {
-		ssize_t r = recv(fd, buf + have, QBYTES - have, MSG_DONTWAIT);
-		if (r <= 0)
-			return 0;
-		have += (size_t)r;
-	}
-	for (size_t i = 0; i < QBYTES; i++)
-		if (buf[i] != pat(id, i))
-			return 0;
-	return 1;
-}
 
 /* Checks what the other side queued, then that each connection still sends. */
 static void side(const char *who, int base_in)
@@ -56,7 +28,7 @@ static void side(const char *who, int base_in)
 		usleep(20000);
 	int bad = 0;
 	for (int i = 0; i < n; i++)
-		if (!check(conns[i], base_in + i) && bad++ < 3)
+		if (!wl_check_pattern(conns[i], base_in + i) && bad++ < 3)
 			wl_fail("%s: bytes of connection %d differ", who, i);
 	for (int i = 0; i < n; i++)
 		if (send(conns[i], "!", 1, MSG_NOSIGNAL) != 1 && bad++ < 3)
@@ -90,7 +62,7 @@ int main(int argc, char **argv)
 			conns[i] = accept4(l, NULL, NULL, SOCK_CLOEXEC);
 			if (conns[i] < 0)
 				wl_die("accept");
-			fill(conns[i], i);
+			wl_fill_pattern(conns[i], i);
 		}
 		close(l);
 		side("S", 1000);
@@ -105,7 +77,7 @@ int main(int argc, char **argv)
 			conns[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 			if (conns[i] < 0 || connect(conns[i], (struct sockaddr *)&a, sizeof a))
 				wl_die("connect %d", i);
-			fill(conns[i], 1000 + i);
+			wl_fill_pattern(conns[i], 1000 + i);
 		}
 		side("C", 0);
 	}

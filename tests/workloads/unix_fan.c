@@ -1,7 +1,7 @@
 /*
  * unix_fan: one server and CRT_UNIX_CLIENTS (default 100) client processes
  * (its children), each connected to the server over an abstract stream
- * socket, with QBYTES queued in each direction and nobody reading.  On
+ * socket, with WL_QBYTES queued in each direction and nobody reading.  On
  * SIGTERM the server checks what each client sent, then terminates the
  * clients, which check what the server sent.  For the unix benchmark.
  * Sabotage: the server reads one byte of the first connection after READY.
@@ -11,35 +11,7 @@
 #include <sys/un.h>
 #include <stddef.h>
 
-#define QBYTES 4096
 #define MAXC 1000
-
-static unsigned char pat(int id, size_t i) { return (unsigned char)wl_mix((uint64_t)id * 31337 + i); }
-
-static int check(int fd, int id)
-{
-	unsigned char buf[QBYTES];
-	size_t have = 0;
-	while (have < QBYTES) {
-		ssize_t r = recv(fd, buf + have, QBYTES - have, MSG_DONTWAIT);
-		if (r <= 0)
-			return 0;
-		have += (size_t)r;
-	}
-	for (size_t i = 0; i < QBYTES; i++)
-		if (buf[i] != pat(id, i))
-			return 0;
-	return 1;
-}
-
-static void fill(int fd, int id)
-{
-	unsigned char buf[QBYTES];
-	for (size_t i = 0; i < QBYTES; i++)
-		buf[i] = pat(id, i);
-	if (write(fd, buf, QBYTES) != QBYTES)
-		wl_die("fill");
-}
 
 int main(int argc, char **argv)
 {
@@ -70,10 +42,10 @@ int main(int argc, char **argv)
 			int s = socket(AF_UNIX, SOCK_STREAM, 0);
 			if (s < 0 || connect(s, (struct sockaddr *)&a, al))
 				wl_die("connect");
-			fill(s, 1000 + i);
+			wl_fill_pattern(s, 1000 + i);
 			while (!wl_term)
 				usleep(20000);
-			WL_CHECK(check(s, i), "client %d: bytes from the server differ", i);
+			WL_CHECK(wl_check_pattern(s, i), "client %d: bytes from the server differ", i);
 			wl_child_exit();
 		}
 		kids[i] = c;
@@ -81,7 +53,7 @@ int main(int argc, char **argv)
 		conns[i] = accept(l, NULL, NULL);
 		if (conns[i] < 0)
 			wl_die("accept");
-		fill(conns[i], i);
+		wl_fill_pattern(conns[i], i);
 	}
 	wl_ready();
 	if (wl_sabotage)
@@ -89,7 +61,7 @@ int main(int argc, char **argv)
 	while (!wl_term)
 		usleep(20000);
 	for (int i = 0; i < n; i++)
-		WL_CHECK(check(conns[i], 1000 + i), "server: bytes from client %d differ", i);
+		WL_CHECK(wl_check_pattern(conns[i], 1000 + i), "server: bytes from client %d differ", i);
 	for (int i = 0; i < n; i++)
 		kill(kids[i], SIGTERM);
 	for (int i = 0; i < n; i++)

@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
@@ -292,6 +293,42 @@ static __attribute__((unused)) inline uint64_t wl_mix(uint64_t x)
 
 /* ---- multi-process workloads ------------------------------------------ */
 #include <sys/wait.h>
+
+/*
+ * QBYTES bytes of a pattern that depends on `id`, written in one go
+ * (wl_fill_pattern) or read back without waiting and compared
+ * (wl_check_pattern: 1 when all of them arrived and match).
+ */
+#define WL_QBYTES 4096
+static __attribute__((unused)) unsigned char wl_pat(int id, size_t i)
+{
+	return (unsigned char)wl_mix((uint64_t)id * 31337 + i);
+}
+
+static __attribute__((unused)) void wl_fill_pattern(int fd, int id)
+{
+	unsigned char buf[WL_QBYTES];
+	for (size_t i = 0; i < WL_QBYTES; i++)
+		buf[i] = wl_pat(id, i);
+	if (write(fd, buf, WL_QBYTES) != WL_QBYTES)
+		wl_die("fill");
+}
+
+static __attribute__((unused)) int wl_check_pattern(int fd, int id)
+{
+	unsigned char buf[WL_QBYTES];
+	size_t have = 0;
+	while (have < WL_QBYTES) {
+		ssize_t r = recv(fd, buf + have, WL_QBYTES - have, MSG_DONTWAIT);
+		if (r <= 0)
+			return 0;
+		have += (size_t)r;
+	}
+	for (size_t i = 0; i < WL_QBYTES; i++)
+		if (buf[i] != wl_pat(id, i))
+			return 0;
+	return 1;
+}
 
 /*
  * In a freshly forked child: it has its own pid and failure count, prints
