@@ -10,8 +10,7 @@ use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
 use crt_tests::{
-    dump, dump_env, proc_status_field, DirSnapshot, Forest, Restored, TestDir, Workload, READY_TIMEOUT,
-    RUN_AFTER_RESTORE, RUN_BEFORE_DUMP,
+    dump, dump_env, DirSnapshot, Forest, Restored, TestDir, Workload, READY_TIMEOUT, RUN_AFTER_RESTORE, RUN_BEFORE_DUMP,
 };
 
 fn forest_env(name: &str, env: &[(&str, &str)]) -> Forest {
