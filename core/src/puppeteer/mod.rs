@@ -396,10 +396,20 @@ impl Builder {
             task_state::write_rlimits(self.pid, std::slice::from_ref(l))
                 .map_err(step(self.pid, "raising RLIMIT_NOFILE"))?;
         }
+        // The task inherited crt's fds (maybe thousands: the sockets of the
+        // tasks made before it), which can fill every number up to its
+        // RLIMIT_NOFILE: free the numbers above the image's first.
+        let p = self.remote_pidfd;
+        let max = u64::from(u32::MAX);
+        let above =
+            if p > max_fd { [(max_fd + 1, p.saturating_sub(1)), (p + 1, max)] } else { [(max_fd + 1, max), (1, 0)] };
+        for (from, to) in above.into_iter().filter(|(from, to)| from <= to) {
+            self.p.call("close_range", libc::SYS_close_range, [from, to, 0, 0, 0, 0])?;
+        }
         let t = self.p.call(
             "fcntl(F_DUPFD_CLOEXEC)",
             libc::SYS_fcntl,
-            [self.remote_pidfd, libc::F_DUPFD_CLOEXEC as u64, max_fd + 1, 0, 0, 0],
+            [p, libc::F_DUPFD_CLOEXEC as u64, max_fd + 1, 0, 0, 0],
         )?;
         self.p.call("close_range", libc::SYS_close_range, [0, t - 1, 0, 0, 0, 0])?;
         self.p.call("close_range", libc::SYS_close_range, [t + 1, u64::from(u32::MAX), 0, 0, 0, 0])?;
