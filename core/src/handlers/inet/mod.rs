@@ -25,21 +25,28 @@ use crate::images::pb;
 use sockopt::getint;
 pub use tcp::{end_repair, Tasks};
 
-/// Per-dump state (from `dump_checkpoint` to `dump_finish`).
-#[derive(Default)]
+/// Per-dump state, read at the first IP socket of a dump (the forest is
+/// frozen then), so a forest without any costs nothing.
 struct DumpState {
     pids: Vec<i32>,
     /// Socket inodes held by the forest.
     forest: HashSet<u64>,
-    /// Every TCP and UDP socket of the namespace, read once the forest is frozen.
+    /// Every TCP and UDP socket of the namespace.
     tcp: Vec<diag::Sock>,
     udp: Vec<diag::Sock>,
+}
+
+/// From `dump_checkpoint` to `dump_finish`: the forest, then its tables.
+#[derive(Default)]
+struct Dump {
+    pids: Vec<i32>,
+    state: Option<DumpState>,
 }
 
 /// `socket:[…]` of family AF_INET or AF_INET6 (asked after the unix handler).
 #[derive(Default)]
 pub struct Inet {
-    dump: Mutex<Option<DumpState>>,
+    dump: Mutex<Dump>,
     /// Restored connections to finish once every task's fds exist.
     pending: Mutex<Vec<tcp::Pending>>,
 }
@@ -103,7 +110,7 @@ impl DumpState {
 /// socket, bound again if it was); an ended one (reads EOF, writes EPIPE)
 /// is refused. `tcpi_rcv_mss` is set when a connection is made.
 fn never_connected(s: &OwnedFd) -> Result<(), String> {
-    let info = tcp_info(s)?;
+    let info = sockopt::tcp_info(s.as_fd())?;
     if info.tcpi_state as u32 != diag::state::CLOSE || info.tcpi_rcv_mss != 0 {
         return Err(format!(
             "a TCP socket in state {} that inet_diag does not list (a connection that ended); crt cannot rebuild it",
@@ -113,19 +120,9 @@ fn never_connected(s: &OwnedFd) -> Result<(), String> {
     Ok(())
 }
 
-fn tcp_info(s: &OwnedFd) -> Result<libc::tcp_info, String> {
-    let info = sockopt::get_bytes(s.as_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, size_of::<libc::tcp_info>())?;
-    // SAFETY: all-zero is a valid tcp_info.
-    let mut t: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let n = info.len().min(size_of::<libc::tcp_info>());
-    // SAFETY: copies `n` bytes into `t`, which has room for them.
-    unsafe { std::ptr::copy_nonoverlapping(info.as_ptr(), (&mut t as *mut libc::tcp_info).cast::<u8>(), n) };
-    Ok(t)
-}
-
 /// For a listener, TCP_INFO's unacked is the accept queue and sacked its limit.
 fn listener_backlog(s: &OwnedFd) -> Result<i32, String> {
-    let t = tcp_info(s)?;
+    let t = sockopt::tcp_info(s.as_fd())?;
     if t.tcpi_unacked > 0 {
         return Err(format!(
             "a TCP listener with {} connection(s) waiting to be accepted; crt cannot restore them — retry when they are accepted",
@@ -136,6 +133,20 @@ fn listener_backlog(s: &OwnedFd) -> Result<i32, String> {
 }
 
 impl Inet {
+    /// Runs `f` on this dump's state, reading it first if needed.
+    fn with_state<R>(&self, f: impl FnOnce(&DumpState) -> Result<R, String>) -> Result<R, String> {
+        let mut d = self.dump.lock().map_err(|_| "inet dump state poisoned".to_string())?;
+        if d.state.is_none() {
+            d.state = Some(DumpState {
+                forest: crate::sockdiag::forest_sockets(&d.pids),
+                tcp: diag::all(libc::IPPROTO_TCP)?,
+                udp: diag::all(libc::IPPROTO_UDP)?,
+                pids: d.pids.clone(),
+            });
+        }
+        f(d.state.as_ref().ok_or("inet: no dump state")?)
+    }
+
     fn dump_socket(&self, task: &mut TaskRef<'_>, fd: &FdDesc) -> Result<pb::InetSocket, String> {
         let copy = task.take_fd(fd.fd).into_result().map_err(|e| e.to_string())?;
         // SAFETY: take_fd hands us ownership of a new fd.
@@ -154,13 +165,12 @@ impl Inet {
         if typ == libc::SOCK_STREAM && listening {
             backlog = listener_backlog(&s)?;
         } else if typ == libc::SOCK_STREAM {
-            let st = self.dump.lock().map_err(|_| "inet dump state poisoned".to_string())?;
-            let st = st.as_ref().ok_or("inet: no dump in progress")?;
-            if st.tcp.iter().any(|t| t.ino == fd.ino && t.state != diag::state::CLOSE) {
-                conn = Some(tcp::dump(&s, st.connection(fd)?)?);
-            } else {
-                never_connected(&s)?;
-            }
+            conn = self.with_state(|st| {
+                if st.tcp.iter().any(|t| t.ino == fd.ino && t.state != diag::state::CLOSE) {
+                    return Ok(Some(tcp::dump(&s, st.connection(fd)?)?));
+                }
+                never_connected(&s).map(|()| None)
+            })?;
         } else if typ == libc::SOCK_DGRAM {
             if sockopt::ioctl_int(b, libc::FIONREAD)? > 0 {
                 return Err(
@@ -168,9 +178,8 @@ impl Inet {
                         .into(),
                 );
             }
-            let st = self.dump.lock().map_err(|_| "inet dump state poisoned".to_string())?;
-            let st = st.as_ref().ok_or("inet: no dump in progress")?;
-            shutdown = st.udp.iter().find(|u| u.ino == fd.ino).map_or(0, |u| u.shutdown as u32);
+            shutdown =
+                self.with_state(|st| Ok(st.udp.iter().find(|u| u.ino == fd.ino).map_or(0, |u| u.shutdown as u32)))?;
         } else {
             return Err(format!("an IP socket of type {typ}; crt handles TCP and UDP sockets"));
         }
@@ -224,16 +233,7 @@ impl Inet {
             return Ok(s.into_raw_fd());
         }
         sockopt::apply_buffers(b, &m.buffers)?;
-        // Port 0: never bound (a bind always gets a port).
-        if sockopt::show_addr(&m.local).is_some_and(|a| a.port() != 0) {
-            bind_listener_port(&s, m).map_err(|e| format!("binding the socket to its address again: {e}"))?;
-        }
-        if m.listening {
-            // SAFETY: listen takes integers only.
-            if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&s), m.backlog.max(1)) } != 0 {
-                return Err(format!("listen: {}", std::io::Error::last_os_error()));
-            }
-        }
+        bind_and_listen(&s, m).map_err(|e| format!("binding the socket to its address again (and listening): {e}"))?;
         if !m.peer.is_empty() {
             sockopt::bind_or_connect(b, &m.peer, true).map_err(|e| format!("connecting the UDP socket again: {e}"))?;
         }
@@ -264,36 +264,50 @@ fn shut(s: &OwnedFd, how: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// Binds `s` to its address. A connection accepted from a listener shares
-/// its port; restored first (repair mode binds regardless), it makes the
-/// listener's bind fail unless `SO_REUSEADDR` is on for the bind only. An
-/// address bound with `IP_FREEBIND`, since turned off, binds with it on.
-fn bind_listener_port(s: &OwnedFd, m: &pb::InetSocket) -> std::io::Result<()> {
+/// Binds `s` to its address (unless it never was: port 0) and listens if
+/// it did. A connection accepted from a listener shares its port; restored
+/// first (repair mode binds regardless), it makes the listener's bind fail
+/// unless `SO_REUSEADDR` is on for the bind only. An address bound with
+/// `IP_FREEBIND`, since turned off, binds with it on.
+fn bind_and_listen(s: &OwnedFd, m: &pb::InetSocket) -> std::io::Result<()> {
     let b = s.as_fd();
-    match sockopt::bind_or_connect(b, &m.local, false) {
-        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && m.r#type == libc::SOCK_STREAM => {
-            let reuse = getint(b, libc::SOL_SOCKET, libc::SO_REUSEADDR).unwrap_or(0);
-            if reuse != 0 {
-                return Err(e);
-            }
-            sockopt::setint(b, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).map_err(std::io::Error::other)?;
-            let r = sockopt::bind_or_connect(b, &m.local, false);
-            if m.listening {
-                // SAFETY: listen takes integers only; the port must be taken before reuse goes off.
-                unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(s), m.backlog.max(1)) };
-            }
-            sockopt::setint(b, libc::SOL_SOCKET, libc::SO_REUSEADDR, 0).map_err(std::io::Error::other)?;
-            r
+    let bound = sockopt::show_addr(&m.local).is_some_and(|a| a.port() != 0);
+    let place = || -> std::io::Result<()> {
+        if bound {
+            sockopt::bind_or_connect(b, &m.local, false)?;
         }
-        // Bound with IP_FREEBIND, turned off since: free binding for the bind only.
-        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
-            sockopt::setint(b, libc::IPPROTO_IP, libc::IP_FREEBIND, 1).map_err(std::io::Error::other)?;
-            let r = sockopt::bind_or_connect(b, &m.local, false);
-            sockopt::setint(b, libc::IPPROTO_IP, libc::IP_FREEBIND, 0).map_err(std::io::Error::other)?;
-            r
+        // SAFETY: listen takes integers only.
+        if m.listening && unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(s), m.backlog.max(1)) } != 0 {
+            return Err(std::io::Error::last_os_error());
         }
-        r => r,
+        Ok(())
+    };
+    let errno = |r: &std::io::Result<()>| r.as_ref().err().and_then(std::io::Error::raw_os_error);
+    let r = place();
+    if bound
+        && errno(&r) == Some(libc::EADDRINUSE)
+        && m.r#type == libc::SOCK_STREAM
+        && getint(b, libc::SOL_SOCKET, libc::SO_REUSEADDR) == Ok(0)
+    {
+        return with_option(b, libc::SOL_SOCKET, libc::SO_REUSEADDR, place);
     }
+    if bound && errno(&r) == Some(libc::EADDRNOTAVAIL) {
+        return with_option(b, libc::IPPROTO_IP, libc::IP_FREEBIND, place);
+    }
+    r
+}
+
+/// Runs `f` with the boolean option `name` on, then off again.
+fn with_option(
+    b: std::os::fd::BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    f: impl FnOnce() -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    sockopt::setint(b, level, name, 1).map_err(std::io::Error::other)?;
+    let r = f();
+    sockopt::setint(b, level, name, 0).map_err(std::io::Error::other)?;
+    r
 }
 
 impl Handler for Inet {
@@ -318,17 +332,13 @@ impl Handler for Inet {
     }
 
     fn dump_checkpoint(&self, pids: RSlice<'_, i32>) -> RResult<(), RString> {
-        let r = (|| -> Result<(), String> {
-            let st = DumpState {
-                pids: pids.to_vec(),
-                forest: crate::sockdiag::forest_sockets(pids.as_slice()),
-                tcp: diag::all(libc::IPPROTO_TCP)?,
-                udp: diag::all(libc::IPPROTO_UDP)?,
-            };
-            *self.dump.lock().map_err(|_| "inet dump state poisoned".to_string())? = Some(st);
-            Ok(())
-        })();
-        r.map_err(RString::from).into()
+        match self.dump.lock() {
+            Ok(mut d) => {
+                *d = Dump { pids: pids.to_vec(), state: None };
+                RResult::ROk(())
+            }
+            Err(_) => RResult::RErr("inet dump state poisoned".into()),
+        }
     }
 
     fn dump_fd(&self, mut task: TaskRef<'_>, fd: &FdDesc) -> RResult<RVec<u8>, RString> {
@@ -338,8 +348,8 @@ impl Handler for Inet {
     fn dump_finish(&self, _ok: bool) {
         // The core ended repair mode before it released or killed the tasks; this is the safety net.
         end_repair(Tasks::RunOn);
-        if let Ok(mut st) = self.dump.lock() {
-            *st = None;
+        if let Ok(mut d) = self.dump.lock() {
+            *d = Dump::default();
         }
     }
 

@@ -240,3 +240,14 @@ pub fn apply_buffers(fd: BorrowedFd<'_>, buffers: &[pb::SockOpt]) -> Result<(), 
     }
     Ok(())
 }
+
+/// `TCP_INFO`.
+pub fn tcp_info(fd: BorrowedFd<'_>) -> Result<libc::tcp_info, String> {
+    let info = get_bytes(fd, libc::IPPROTO_TCP, libc::TCP_INFO, size_of::<libc::tcp_info>())?;
+    // SAFETY: all-zero is a valid tcp_info.
+    let mut t: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let n = info.len().min(size_of::<libc::tcp_info>());
+    // SAFETY: copies `n` bytes into `t`, which has room for them.
+    unsafe { std::ptr::copy_nonoverlapping(info.as_ptr(), (&mut t as *mut libc::tcp_info).cast::<u8>(), n) };
+    Ok(t)
+}

@@ -112,8 +112,8 @@ fn peek_queue(fd: BorrowedFd<'_>, q: i32, len: usize) -> Result<Vec<u8>, String>
 
 /// Reads a connection already in repair mode. `d` is its `inet_diag` entry.
 fn read(fd: BorrowedFd<'_>, d: &diag::Sock) -> Result<pb::TcpConn, String> {
-    let info = get_bytes(fd, TCP, libc::TCP_INFO, 8)?;
-    let (options, wscale) = (info.get(5).copied().unwrap_or(0), info.get(6).copied().unwrap_or(0));
+    let info = super::sockopt::tcp_info(fd)?;
+    let (options, wscale) = (info.tcpi_options, info.tcpi_snd_rcv_wscale);
     let shut_wr = d.shutdown & 2 != 0;
     let fin_received = matches!(d.state, state::CLOSE_WAIT | state::CLOSING | state::LAST_ACK);
     let inq = ioctl_int(fd, SIOCINQ)? as usize;
